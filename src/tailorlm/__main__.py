@@ -1,0 +1,3 @@
+from tailorlm.cli import main
+
+raise SystemExit(main())
