@@ -24,6 +24,13 @@ class TailorError(Exception):
         self.found, self.expected, self.hint = found, expected, hint
         super().__init__(self._message())
 
+    def located(self, where: str) -> "TailorError":
+        """The same error, pointing at `where` when it did not say where it happened."""
+        if self.where is None:
+            self.where = where
+            self.args = (self._message(),)
+        return self
+
     def _message(self) -> str:
         text = f"{self.where}: {self.what}" if self.where else self.what
         if self.key is not None:
@@ -35,10 +42,16 @@ class TailorError(Exception):
             details.append(f"expected {self.expected}")
         if details:
             text += ": " + "; ".join(details)
-        text = text.rstrip(".") + "."
+        text = _sentence(text)
         if self.hint:
-            text += " " + self.hint.rstrip(".") + "."
+            text += " " + _sentence(self.hint)
         return text
+
+
+def _sentence(text: str) -> str:
+    """End a sentence with exactly one full stop unless it already ends with ? or !."""
+    text = text.rstrip()
+    return text if text.endswith(("?", "!", ".")) else text + "."
 
 
 class DataError(TailorError):

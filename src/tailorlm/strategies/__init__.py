@@ -1,0 +1,1 @@
+"""Strategies: the ways of tailoring a model, each producing a Specialist."""

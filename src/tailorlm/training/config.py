@@ -1,0 +1,236 @@
+"""The resolved settings of one training run, built from a recipe plus command-line overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from tailorlm.config import apply_overrides, build_dataclass, check_keys, load_yaml, suggest
+from tailorlm.errors import ConfigError
+
+OBJECTIVES = ("pretrain", "sft", "classify", "seq2seq")
+METHODS = ("full", "freeze", "lora", "dora", "ia3", "prompt_tuning", "p_tuning", "prefix_tuning")
+PROMPT_METHODS = ("prompt_tuning", "p_tuning", "prefix_tuning")
+# Which methods make sense for which objective; prompt methods learn a soft prompt for a task,
+# which is meaningless for raw-text pre-training.
+METHODS_FOR_OBJECTIVE: dict[str, tuple[str, ...]] = {
+    "pretrain": ("full", "freeze", "lora", "dora", "ia3"),
+    "sft": METHODS,
+    "classify": METHODS,
+    "seq2seq": METHODS,
+}
+# Learning rates that work for each method when the recipe gives none.
+DEFAULT_LR = {
+    "full": 2e-5, "freeze": 5e-5, "lora": 2e-4, "dora": 2e-4, "ia3": 3e-3,
+    "prompt_tuning": 3e-2, "p_tuning": 1e-3, "prefix_tuning": 1e-2,
+}
+
+
+@dataclass
+class LoraSettings:
+    """LoRA and DoRA: low-rank updates to the target linear layers."""
+
+    r: int = 16
+    """Rank of the update."""
+    alpha: float = 32.0
+    """Scale numerator: the update is multiplied by alpha / r."""
+    dropout: float = 0.0
+    """Dropout on the adapter input; 0 is faster and usually as good for short runs."""
+    target_modules: list[str] | None = None
+    """Names of linear layers to adapt; default: every linear layer of attention and MLP."""
+
+    def __post_init__(self) -> None:
+        if self.r < 1:
+            raise ConfigError("LoRA rank must be at least 1", key="lora.r", found=str(self.r))
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError("dropout must be in [0, 1)", key="lora.dropout", found=str(self.dropout))
+
+
+@dataclass
+class PromptSettings:
+    """Prompt tuning, P-tuning and prefix tuning: trained virtual tokens."""
+
+    virtual_tokens: int = 20
+    """How many virtual tokens are learned."""
+    encoder: Literal["mlp", "lstm"] = "mlp"
+    """P-tuning's prompt encoder."""
+    encoder_hidden_size: int | None = None
+    """Hidden size of the P-tuning encoder or prefix projection; default: the model's hidden size."""
+    init_text: str | None = None
+    """Prompt tuning: initialise the virtual tokens from the embeddings of this text."""
+    prefix_projection: bool = False
+    """Prefix tuning: reparameterise the prefix through an MLP."""
+
+    def __post_init__(self) -> None:
+        if self.virtual_tokens < 1:
+            raise ConfigError("need at least one virtual token", key="prompt.virtual_tokens", found=str(self.virtual_tokens))
+
+
+@dataclass
+class FreezeSettings:
+    """Freeze: train only named modules, or only the last N transformer layers (plus the head)."""
+
+    modules: list[str] | None = None
+    """Parameter-name substrings to train, e.g. ['layers.29', 'norm']."""
+    last_n_layers: int | None = None
+    """Train only the last N layers (and the final norm and head)."""
+
+
+@dataclass
+class TrainSettings:
+    """The loop's settings."""
+
+    max_steps: int | None = None
+    """Optimizer steps to run; default: as many as `epochs` needs."""
+    epochs: float = 1.0
+    """Passes over the training split (ignored when max_steps is set)."""
+    batch_size: int = 4
+    """Sequences per micro-batch (packed sequences when packing is on)."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step."""
+    lr: float | None = None
+    """Peak learning rate; default depends on the method."""
+    weight_decay: float = 0.0
+    schedule: Literal["linear", "cosine", "constant"] = "cosine"
+    warmup_ratio: float = 0.03
+    """Share of steps spent warming up (ignored when warmup_steps is set)."""
+    warmup_steps: int | None = None
+    max_grad_norm: float | None = 1.0
+    """Clip the gradient norm to this; null turns clipping off."""
+    max_length: int = 512
+    """Longest sequence in tokens; longer examples are truncated (and counted)."""
+    packing: bool = True
+    """Pack several examples per sequence without cross-example attention."""
+    group_by_length: bool = True
+    """When packing is off, batch examples of similar length to waste less on padding."""
+    gradient_checkpointing: bool = False
+    loss_chunk_size: int = 1024
+    """Tokens per chunk of the output layer and loss, so full logits are never held at once."""
+    eval_every: int | None = None
+    """Evaluate every N steps (and at the end); default: only at the end."""
+    eval_max_batches: int | None = None
+    early_stopping_patience: int | None = None
+    """Stop after this many evaluations without improvement."""
+    save_every: int | None = None
+    """Checkpoint every N steps; default: only at the end (and on Ctrl-C)."""
+    keep_last: int = 2
+    """How many recent checkpoints to keep (the best is always kept)."""
+    seed: int = 0
+    log_every: int = 1
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    """auto: fp32 on CPU (bf16 is ~20x slower there), bf16 on GPU."""
+    tensorboard: bool = True
+    mlflow: bool = False
+
+    def __post_init__(self) -> None:
+        positive = {"batch_size": self.batch_size, "grad_accum": self.grad_accum, "max_length": self.max_length,
+                    "loss_chunk_size": self.loss_chunk_size, "keep_last": self.keep_last, "log_every": self.log_every}
+        for name, value in positive.items():
+            if value < 1:
+                raise ConfigError("must be at least 1", key=f"train.{name}", found=str(value))
+        if self.lr is not None and self.lr <= 0:
+            raise ConfigError("learning rate must be positive", key="train.lr", found=str(self.lr),
+                              expected="a number such as 2e-4")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ConfigError("must be at least 1", key="train.max_steps", found=str(self.max_steps))
+        if self.epochs <= 0:
+            raise ConfigError("must be positive", key="train.epochs", found=str(self.epochs))
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ConfigError("must be in [0, 1)", key="train.warmup_ratio", found=str(self.warmup_ratio))
+        for name in ("eval_every", "save_every", "early_stopping_patience", "eval_max_batches"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError("must be at least 1 (or null)", key=f"train.{name}", found=str(value))
+
+
+@dataclass
+class RunConfig:
+    """Everything one `tailor train` run needs."""
+
+    model: str
+    objective: Literal["pretrain", "sft", "classify", "seq2seq"]
+    method: Literal["full", "freeze", "lora", "dora", "ia3", "prompt_tuning", "p_tuning", "prefix_tuning"]
+    data: dict[str, Any]
+    output: str
+    labels: list[str] | None = None
+    """classify: the label set in order; default: the sorted labels found in the training split."""
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    prompt: PromptSettings = field(default_factory=PromptSettings)
+    freeze: FreezeSettings = field(default_factory=FreezeSettings)
+    train: TrainSettings = field(default_factory=TrainSettings)
+    source: str = "<command line>"
+    base_dir: str = "."
+
+    def __post_init__(self) -> None:
+        allowed = METHODS_FOR_OBJECTIVE[self.objective]
+        if self.method not in allowed:
+            combos = "; ".join(f"{o}: {', '.join(m)}" for o, m in METHODS_FOR_OBJECTIVE.items())
+            raise ConfigError(
+                f"method {self.method!r} does not fit objective {self.objective!r}",
+                where=self.source, key="method", expected=f"for {self.objective}: {', '.join(allowed)} (all: {combos})",
+            )
+        if self.method == "freeze" and not (self.freeze.modules or self.freeze.last_n_layers):
+            raise ConfigError("freeze needs modules to train", where=self.source, key="freeze",
+                              expected="freeze.modules (name substrings) or freeze.last_n_layers")
+        if self.train.lr is None:
+            self.train.lr = DEFAULT_LR[self.method]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved settings as plain data (saved in the manifest, printed before a run)."""
+        data = dataclasses.asdict(self)
+        data.pop("source"), data.pop("base_dir")
+        return data
+
+
+TOP_KEYS = [f.name for f in dataclasses.fields(RunConfig) if f.name not in ("source", "base_dir")]
+SECTIONS = {"lora": LoraSettings, "prompt": PromptSettings, "freeze": FreezeSettings, "train": TrainSettings}
+
+
+def resolve_config(recipe: str | Path | None = None, *, values: dict[str, Any] | None = None,
+                   overrides: list[str] | None = None) -> RunConfig:
+    """Merge a recipe, explicit command-line values (dotted keys) and `key=value` overrides into a checked RunConfig."""
+    data: dict[str, Any] = load_yaml(recipe) if recipe else {}
+    source = str(recipe) if recipe else "<command line>"
+    base_dir = str(Path(recipe).resolve().parent) if recipe else str(Path.cwd())
+    flat = [f"{k}={v!r}" if isinstance(v, str) and not _plain(v) else f"{k}={v}" for k, v in (values or {}).items() if v is not None]
+    data = apply_overrides(data, flat + list(overrides or []))
+    check_keys(data, TOP_KEYS, where=source)
+    for name in ("model", "objective", "method", "data", "output"):
+        if data.get(name) in (None, ""):
+            raise ConfigError("missing setting", where=source, key=name, expected=_EXPECTED[name])
+    if isinstance(data["data"], str):
+        data["data"] = {"train": data["data"]}
+    for name in ("objective", "method"):
+        allowed = OBJECTIVES if name == "objective" else METHODS
+        if data[name] not in allowed:
+            raise ConfigError(f"unknown {name}", where=source, key=name, found=repr(data[name]),
+                              expected="one of " + ", ".join(allowed), hint=suggest(str(data[name]), allowed))
+    sections = {name: build_dataclass(cls, data.pop(name, None), where=source, section=name) for name, cls in SECTIONS.items()}
+    top = build_dataclass(_TopLevel, data, where=source, section="")
+    return RunConfig(**dataclasses.asdict(top), **sections, source=source, base_dir=base_dir)
+
+
+def _plain(text: str) -> bool:
+    return all(c.isalnum() or c in "-_./:" for c in text)
+
+
+@dataclass
+class _TopLevel:
+    model: str
+    objective: Literal["pretrain", "sft", "classify", "seq2seq"]
+    method: Literal["full", "freeze", "lora", "dora", "ia3", "prompt_tuning", "p_tuning", "prefix_tuning"]
+    data: dict[str, Any]
+    output: str
+    labels: list[str] | None = None
+
+
+_EXPECTED = {
+    "model": "a model reference (smollm2-135m-instruct, minilm-l6, a folder or a .gguf file)",
+    "objective": "one of " + ", ".join(OBJECTIVES),
+    "method": "one of " + ", ".join(METHODS),
+    "data": "a data file, or a mapping with train (and optionally eval, test) files",
+    "output": "a folder for the specialist and checkpoints",
+}
