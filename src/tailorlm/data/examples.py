@@ -14,7 +14,7 @@ ROLES: tuple[str, ...] = ("system", "user", "assistant")
 
 @dataclass(frozen=True)
 class Origin:
-    """Where an example came from: a file and a 1-based row (line for JSONL/text, data row for CSV, item for JSON)."""
+    """Where an example came from: a file and a 1-based row (the line where the row starts for JSONL, CSV and text; the position for JSON arrays, Parquet and datasets)."""
 
     file: str
     row: int
