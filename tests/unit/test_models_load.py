@@ -54,7 +54,7 @@ def test_dtype_and_heads(tiny_llama_dir):
 
 def test_bad_head_dtype_and_num_labels_are_config_errors(tiny_llama_dir):
     with pytest.raises(ConfigError, match="unknown model head"):
-        load_model(str(tiny_llama_dir), head="seq2seq")
+        load_model(str(tiny_llama_dir), head="token-classification")
     with pytest.raises(ConfigError, match="unknown dtype"):
         load_model(str(tiny_llama_dir), dtype="float8")
     with pytest.raises(ConfigError, match="num_labels applies only"):
@@ -133,3 +133,8 @@ def test_too_long_prompt_is_refused(tiny):
     model, tokenizer = tiny
     with pytest.raises(ModelError, match="too long"):
         generate(model, tokenizer, "hello " * 300, max_new_tokens=8)
+
+
+def test_a_decoder_has_no_seq2seq_form(tiny_llama_dir):
+    with pytest.raises(ModelError, match="has no 'seq2seq' form.*encoder-decoder"):
+        load_model(str(tiny_llama_dir), head="seq2seq", progress=False)

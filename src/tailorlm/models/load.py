@@ -12,6 +12,7 @@ HEADS = {
     "causal-lm": "AutoModelForCausalLM",
     "encoder": "AutoModel",
     "sequence-classification": "AutoModelForSequenceClassification",
+    "seq2seq": "AutoModelForSeq2SeqLM",
 }
 DTYPES = {
     "float32": "float32",
@@ -95,6 +96,13 @@ def load_model(
             **extra,
         )
     except (ValueError, OSError, KeyError) as err:
+        if "Unrecognized configuration class" in str(err):
+            expected = {"seq2seq": "an encoder-decoder model such as T5 or BART",
+                        "sequence-classification": "an encoder or decoder with a classification form",
+                        "causal-lm": "a decoder (GPT- or Llama-style) model"}.get(head, f"a model with a {head} form")
+            raise ModelError(f"this model has no {head!r} form", where=str(path),
+                             found=f"model type {_model_type(path)!r}",
+                             expected=expected) from err
         raise _load_error(path, f"model with head {head!r}", err) from err
     missing = sorted(info.get("missing_keys") or [])
     # A classification head is new by design; any other missing weight would silently be random.
@@ -129,6 +137,15 @@ def _check_head(path: Path, head: str) -> None:
             expected="a causal language model (such as smollm2-135m-instruct), or head='encoder' or "
             "'sequence-classification' for this one",
         )
+
+
+def _model_type(path: Path) -> str:
+    import json
+
+    try:
+        return json.loads((Path(path) / "config.json").read_text(encoding="utf-8")).get("model_type", "unknown")
+    except (OSError, ValueError):
+        return "unknown"
 
 
 def _load_error(path: Path, what: str, err: Exception) -> ModelError:
