@@ -31,6 +31,7 @@ def examples_dir() -> Path:
 class QuickstartResult:
     model_paths: dict[str, Path]
     data_file: Path
+    """The recipe whose data was checked."""
     data_errors: int
     data_warnings: int
     question: str
@@ -53,7 +54,7 @@ def run_quickstart(*, question: str = DEFAULT_QUESTION, console: Console | None 
         console.print(f"{name}: {paths[name]}")
 
     console.rule("[bold]3/4 pre-flight check of the finance news sentiment data")
-    data_file = examples_dir() / "sentiment" / "twitter_financial_news_sentiment" / "train.csv"
+    data_file = examples_dir().parents[1] / "recipes" / "finance" / "news_sentiment_minilm_lora.yaml"
     report = check_data(data_file, model=DEFAULT_MODEL, max_length=128)
     render_report(report, console=console)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import difflib
 import glob
+import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
@@ -215,10 +216,17 @@ def _paths(value: Any, base_dir: Path, source: str, key: str) -> list[str]:
             if not matches:
                 raise ConfigError("no file matches the pattern", where=source, key=key, found=repr(str(item)),
                                   expected=f"at least one file under {str(base_dir)!r}")
-            paths.extend(matches)
+            paths.extend(_tidy(m) for m in matches)
         else:
-            paths.append(str(full))
+            paths.append(_tidy(str(full)))
     return paths
+
+
+def _tidy(path: str) -> str:
+    """`recipes/x/../../data/a.csv` as `data/a.csv`: relative to the working folder when below it, else absolute."""
+    absolute = os.path.abspath(path)
+    relative = os.path.relpath(absolute)
+    return absolute if relative.startswith("..") else relative
 
 
 def _check_types(values: dict[str, Any], source: str) -> None:
