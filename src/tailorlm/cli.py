@@ -17,6 +17,8 @@ VERBS: dict[str, tuple[str, str]] = {
     "quickstart": ("tailorlm.commands.quickstart", "Pull the built-in models, check a shipped data set and ask the model a question."),
     "models": ("tailorlm.commands.models", "List, pull and describe model references (built-in packs, folders, GGUF files, hub ids)."),
     "data": ("tailorlm.commands.data", "Check a data file or recipe before training: formats, lengths, masks, overlap, personal data."),
+    "estimate": ("tailorlm.commands.estimate", "Estimate parameters, memory and time of a training run by timing two real steps."),
+    "train": ("tailorlm.commands.train", "Train with one loop: pretrain, sft, classify or seq2seq; full, freeze or a peft method."),
 }
 
 

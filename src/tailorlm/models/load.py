@@ -84,7 +84,8 @@ def load_model(
     path = resolve(str(ref), progress=progress)
     _check_head(path, head)
     tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code, progress=progress)
-    extra = {"num_labels": num_labels} if num_labels is not None else {}
+    # A checkpoint that already classifies into a different number of classes gets a new head, not an error.
+    extra = {"num_labels": num_labels, "ignore_mismatched_sizes": True} if num_labels is not None else {}
     auto_class = getattr(transformers, HEADS[head])
     try:
         model, info = auto_class.from_pretrained(

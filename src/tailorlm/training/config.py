@@ -14,11 +14,13 @@ OBJECTIVES = ("pretrain", "sft", "classify", "seq2seq")
 METHODS = ("full", "freeze", "lora", "dora", "ia3", "prompt_tuning", "p_tuning", "prefix_tuning")
 PROMPT_METHODS = ("prompt_tuning", "p_tuning", "prefix_tuning")
 # Which methods make sense for which objective; prompt methods learn a soft prompt for a task,
-# which is meaningless for raw-text pre-training.
+# which is meaningless for raw-text pre-training. Prefix tuning cannot classify with peft 0.21 and
+# transformers 5: peft's sequence-classification path looks for a `past_key_values` argument, which
+# transformers renamed to `cache` (encoders such as BERT take no cache at all), and raises.
 METHODS_FOR_OBJECTIVE: dict[str, tuple[str, ...]] = {
     "pretrain": ("full", "freeze", "lora", "dora", "ia3"),
     "sft": METHODS,
-    "classify": METHODS,
+    "classify": ("full", "freeze", "lora", "dora", "ia3", "prompt_tuning", "p_tuning"),
     "seq2seq": METHODS,
 }
 # Learning rates that work for each method when the recipe gives none.
@@ -195,14 +197,15 @@ def resolve_config(recipe: str | Path | None = None, *, values: dict[str, Any] |
     data: dict[str, Any] = load_yaml(recipe) if recipe else {}
     source = str(recipe) if recipe else "<command line>"
     base_dir = str(Path(recipe).resolve().parent) if recipe else str(Path.cwd())
-    flat = [f"{k}={v!r}" if isinstance(v, str) and not _plain(v) else f"{k}={v}" for k, v in (values or {}).items() if v is not None]
+    if isinstance(data.get("data"), (str, list)):
+        data["data"] = {"train": data["data"]}
+    values = {("data.train" if k == "data" else k): v for k, v in (values or {}).items()}
+    flat = [f"{k}={v!r}" if isinstance(v, str) and not _plain(v) else f"{k}={v}" for k, v in values.items() if v is not None]
     data = apply_overrides(data, flat + list(overrides or []))
     check_keys(data, TOP_KEYS, where=source)
     for name in ("model", "objective", "method", "data", "output"):
         if data.get(name) in (None, ""):
             raise ConfigError("missing setting", where=source, key=name, expected=_EXPECTED[name])
-    if isinstance(data["data"], str):
-        data["data"] = {"train": data["data"]}
     for name in ("objective", "method"):
         allowed = OBJECTIVES if name == "objective" else METHODS
         if data[name] not in allowed:

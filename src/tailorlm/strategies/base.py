@@ -1,0 +1,118 @@
+"""The Specialist: what a strategy produces — base model reference, optional adapter, template, manifest."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tailorlm import __version__
+from tailorlm.errors import ModelError
+
+MANIFEST = "specialist.json"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Manifest:
+    """What a specialist folder holds and how it was made."""
+
+    base_model: str
+    """The model reference the user gave."""
+    base_model_path: str
+    """Where that reference resolved to when the specialist was made."""
+    strategy: str
+    objective: str
+    weights: str
+    """'adapter' (PEFT files), 'full' (model.safetensors) or 'none' (prompting only)."""
+    labels: list[str] | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, dict[str, str]] = field(default_factory=dict)
+    """split -> {file: sha256}."""
+    steps: int = 0
+    metrics: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+    tailorlm_version: str = __version__
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def library_versions() -> dict[str, str]:
+    import peft
+    import torch
+    import transformers
+
+    return {"tailorlm": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "peft": peft.__version__}
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_manifest(folder: Path) -> Manifest:
+    """Read and check a specialist's manifest, with a clear error for other folders and newer formats."""
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        raise ModelError("not a tailorlm specialist folder", where=str(folder), found=f"no {MANIFEST}",
+                         expected="a folder written by `tailor train` (or another strategy)")
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if data.get("format_version", 0) > FORMAT_VERSION:
+        raise ModelError("the specialist was made by a newer tailorlm", where=str(path),
+                         found=f"format {data.get('format_version')}", expected=f"format {FORMAT_VERSION} or older",
+                         hint="Upgrade tailorlm")
+    known = set(Manifest.__dataclass_fields__)
+    return Manifest(**{k: v for k, v in data.items() if k in known})
+
+
+def save_specialist(output: Path, model: Any, tokenizer: Any, manifest: Manifest) -> None:
+    """Write weights (or adapter), tokenizer and manifest to a temporary folder, then move them into `output`."""
+    output.mkdir(parents=True, exist_ok=True)
+    stage = output / f".tmp-specialist-{uuid.uuid4().hex[:8]}"
+    try:
+        model.save_pretrained(stage, safe_serialization=True)
+        tokenizer.save_pretrained(stage)
+        (stage / MANIFEST).write_text(json.dumps(manifest.to_dict(), indent=1), encoding="utf-8")
+        for item in stage.iterdir():
+            target = output / item.name
+            if target.is_dir():
+                shutil.rmtree(target)
+            os.replace(item, target)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def load_specialist(folder: str | Path, *, dtype: Any = None, device: str | None = None) -> tuple[Any, Any, Manifest]:
+    """Load a trained specialist: the base model with its adapter applied (or the full weights), and its tokenizer."""
+    from transformers import AutoTokenizer
+
+    from tailorlm.models.load import load_model
+
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    head = {"classify": "sequence-classification", "seq2seq": "seq2seq"}.get(manifest.objective, "causal-lm")
+    num_labels = len(manifest.labels) if manifest.labels else None
+    if manifest.weights == "adapter":
+        import peft
+
+        base_ref = manifest.base_model_path if Path(manifest.base_model_path).is_dir() else manifest.base_model
+        model, _ = load_model(base_ref, head=head, num_labels=num_labels, dtype=dtype, device=device)
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        if len(tokenizer) != model.get_input_embeddings().num_embeddings:
+            model.resize_token_embeddings(len(tokenizer))
+        model = peft.PeftModel.from_pretrained(model, folder)
+    else:
+        model, tokenizer = load_model(str(folder), head=head, num_labels=num_labels, dtype=dtype, device=device)
+    model.eval()
+    return model, tokenizer, manifest

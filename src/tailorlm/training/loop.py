@@ -1,0 +1,266 @@
+"""The one training loop: pre-training, SFT, classification and seq2seq, for every method.
+
+A reader can follow a run top to bottom in `train`: set up, plan batches, step, evaluate, checkpoint, save.
+Methods differ only in which parameters train (strategies/adapters.py); objectives only in how a batch
+becomes a loss (training/objectives.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import resource
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from rich.console import Console
+
+from tailorlm.training.checkpoint import TrainState, list_checkpoints, load_checkpoint, save_checkpoint
+from tailorlm.training.config import RunConfig
+from tailorlm.errors import ConfigError
+from tailorlm.training.distributed import World, all_reduce_sum, barrier, init_world, shutdown, wrap
+from tailorlm.training.objectives import LossModule, classification_accuracy, trained_tokens
+from tailorlm.training.optim import build_optimizer, build_scheduler
+from tailorlm.training.setup import Prepared, pick_device, prepare
+from tailorlm.training.tracking import Tracker
+
+StepCallback = Callable[[int, dict[str, Any]], None]
+
+
+@dataclass
+class RunResult:
+    """What a run did: where its specialist is, how far it got, and how it went."""
+
+    output: Path
+    steps: int
+    interrupted: bool = False
+    stopped_early: bool = False
+    final_loss: float | None = None
+    best_step: int | None = None
+    best_metric: float | None = None
+    eval_history: list[dict[str, Any]] = field(default_factory=list)
+    trainable_parameters: int = 0
+    total_parameters: int = 0
+    tokens_per_second: float = 0.0
+    peak_memory_mb: float = 0.0
+    seconds: float = 0.0
+
+
+def train(config: RunConfig, *, resume: bool = False, overwrite: bool = False,
+          callbacks: tuple[StepCallback, ...] = (), console: Console | None = None) -> RunResult:
+    """Run one training job to completion (or to Ctrl-C, which checkpoints) and save the specialist."""
+    settings = config.train
+    world = init_world(pick_device(settings).type)
+    if settings.grad_accum < world.size:
+        shutdown(world)
+        raise ConfigError("each process needs at least one micro-batch per optimizer step", key="train.grad_accum",
+                          found=f"{settings.grad_accum} with {world.size} processes",
+                          expected=f"train.grad_accum of at least {world.size} (the global batch is batch_size x "
+                                   "grad_accum, split across the processes)")
+    console = console or Console(stderr=True, quiet=not world.main)
+    # Seeded before the model is built, so that new weights (adapters, heads) start the same in every run.
+    _seed_everything(settings.seed)
+    try:
+        run = prepare(config, resume=resume, overwrite=overwrite, console=console, world=world)
+    except BaseException:
+        shutdown(world)
+        raise
+    model = run.model
+    loss_module = LossModule(model, objective=config.objective, chunk_size=settings.loss_chunk_size)
+    step_module = wrap(loss_module, world, run.device.type)
+    optimizer = build_optimizer(model, lr=settings.lr, weight_decay=settings.weight_decay, device_type=run.device.type)
+    plan = run.plan
+    total_steps = settings.max_steps or max(1, math.ceil(settings.epochs * plan.steps_per_epoch(settings.grad_accum)))
+    warmup = settings.warmup_steps if settings.warmup_steps is not None else int(settings.warmup_ratio * total_steps)
+    scheduler = build_scheduler(optimizer, total_steps=total_steps, warmup_steps=warmup, schedule=settings.schedule)
+
+    state = TrainState()
+    if resume:
+        checkpoints = list_checkpoints(run.output)
+        state = load_checkpoint(checkpoints[-1], model, optimizer, scheduler)
+        console.print(f"resumed from {checkpoints[-1]} (step {state.step})")
+    tracker = Tracker(run.output, total_steps=total_steps, start_step=state.step, tensorboard=settings.tensorboard,
+                      mlflow=settings.mlflow, run_name=run.output.name, console=console, enabled=world.main)
+    stop = _InterruptFlag()
+    losses = [h["loss"] for h in state.history if "loss" in h]
+    result = RunResult(output=run.output, steps=state.step, final_loss=losses[-1] if losses else None,
+                       trainable_parameters=run.trainable, total_parameters=run.total)
+    saved_step = state.step if resume else None
+
+    def checkpoint() -> None:
+        """Save the current state once per step, from the main process only."""
+        nonlocal saved_step
+        if world.main and saved_step != state.step:
+            save_checkpoint(run.output, model, optimizer, scheduler, state, keep_last=settings.keep_last)
+            saved_step = state.step
+    model.train()
+    try:
+        with stop.installed():
+            while state.step < total_steps and not stop.synced(world):
+                step_start = time.perf_counter()
+                batches = _next_micro_batches(plan, state, settings.grad_accum)
+                record = _optimizer_step(step_module, model, optimizer, scheduler, batches, world, run, settings)
+                state.step += 1
+                state.tokens_seen += record.pop("input_tokens")
+                seconds = time.perf_counter() - step_start
+                state.elapsed_seconds += seconds
+                record.update(step=state.step, epoch=state.epoch, tokens_per_second=record["step_tokens"] / seconds)
+                if state.step % settings.log_every == 0 or state.step == total_steps:
+                    tracker.log(record)
+                state.history.append({"step": state.step, "loss": record["loss"]})
+                result.final_loss = record["loss"]
+                evaluate_now = settings.eval_every and state.step % settings.eval_every == 0
+                if run.eval_plan is not None and (evaluate_now or state.step == total_steps):
+                    improved = _evaluate(loss_module, model, run, state, tracker, world)
+                    if settings.early_stopping_patience and state.evals_without_improvement >= settings.early_stopping_patience:
+                        result.stopped_early = True
+                    if improved:
+                        checkpoint()
+                if settings.save_every and state.step % settings.save_every == 0:
+                    checkpoint()
+                for callback in callbacks:
+                    callback(state.step, record)
+                if result.stopped_early:
+                    console.print(f"early stop at step {state.step}: no improvement in "
+                                  f"{settings.early_stopping_patience} evaluations")
+                    break
+        checkpoint()
+        barrier(world)
+    finally:
+        tracker.close()
+    result.interrupted = stop.raised and state.step < total_steps
+    result.steps, result.seconds = state.step, state.elapsed_seconds
+    result.best_step, result.best_metric = state.best_step, state.best_metric
+    result.eval_history = [h for h in state.history if "eval_loss" in h]
+    result.tokens_per_second = state.tokens_seen / max(state.elapsed_seconds, 1e-9)
+    result.peak_memory_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if world.main and not result.interrupted:
+        run.save_specialist(state, result)
+    elif result.interrupted and world.main:
+        console.print(f"interrupted at step {state.step}; checkpoint saved in {list_checkpoints(run.output)[-1]}. "
+                      "To continue, run the same command with --resume.")
+    shutdown(world)
+    return result
+
+
+def _optimizer_step(step_module, model, optimizer, scheduler, batches, world: World, run: Prepared, settings) -> dict:
+    """Accumulate gradients over this process's micro-batches, normalised by the step's total trained tokens."""
+    mine = batches[world.rank::world.size]
+    counts = [trained_tokens(b, run.objective) for b, _ in batches]
+    total = max(1, sum(counts))
+    loss_sum = 0.0
+    input_tokens = sum(real for _, real in batches)
+    for i, (batch, _) in enumerate(mine):
+        batch = {k: v.to(run.device) for k, v in batch.items()}
+        sync = i == len(mine) - 1
+        context = step_module.no_sync() if world.size > 1 and not sync else contextlib.nullcontext()
+        with context, run.autocast():
+            loss, _ = step_module(batch)
+            # DDP averages gradients over processes; scaling by the world size turns that into a sum.
+            (loss * (world.size / total)).backward()
+        loss_sum += float(loss.detach())
+    grad_norm = None
+    if settings.max_grad_norm is not None:
+        grad_norm = float(torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad],
+                                                         settings.max_grad_norm))
+    lr = optimizer.param_groups[0]["lr"]
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    (loss_sum,) = all_reduce_sum([loss_sum], world)
+    record = {"loss": loss_sum / total, "lr": lr, "trained_tokens": total, "step_tokens": input_tokens,
+              "input_tokens": input_tokens}
+    if grad_norm is not None:
+        record["grad_norm"] = grad_norm
+    return record
+
+
+def _next_micro_batches(plan, state: TrainState, count: int) -> list[tuple[dict[str, torch.Tensor], int]]:
+    """The next `count` micro-batches in the fixed per-epoch order, moving to the next epoch when one ends."""
+    batches = []
+    while len(batches) < count:
+        order = plan.epoch_batches(state.epoch)
+        if state.batch_index >= len(order):
+            state.epoch, state.batch_index = state.epoch + 1, 0
+            continue
+        batches.append(plan.collate(order[state.batch_index]))
+        state.batch_index += 1
+    return batches
+
+
+@torch.no_grad()
+def _evaluate(loss_module: LossModule, model, run: Prepared, state: TrainState, tracker: Tracker, world: World) -> bool:
+    """Eval loss (and accuracy for classification) on the eval split; returns True when it is the best so far."""
+    model.eval()
+    loss_sum, count, correct, seen = 0.0, 0, 0, 0
+    limit = run.config.train.eval_max_batches
+    for n, indices in enumerate(run.eval_plan.epoch_batches(0)):
+        if limit and n >= limit:
+            break
+        batch = {k: v.to(run.device) for k, v in run.eval_plan.collate(indices)[0].items()}
+        with run.autocast():
+            loss, tokens = loss_module(batch)
+        loss_sum, count = loss_sum + float(loss), count + int(tokens)
+        if run.objective == "classify":
+            c, t = classification_accuracy(model, batch)
+            correct, seen = correct + c, seen + t
+    model.train()
+    record = {"step": state.step, "eval_loss": loss_sum / max(count, 1)}
+    if seen:
+        record["eval_accuracy"] = correct / seen
+    # Lower loss is better; for classification, higher accuracy is what users care about.
+    score = record["eval_accuracy"] if seen else record["eval_loss"]
+    improved = state.best_metric is None or (score > state.best_metric if seen else score < state.best_metric)
+    if improved:
+        state.best_metric, state.best_step, state.evals_without_improvement = score, state.step, 0
+    else:
+        state.evals_without_improvement += 1
+    state.history.append(record)
+    tracker.log(record)
+    return improved
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+class _InterruptFlag:
+    """Ctrl-C sets a flag; the loop finishes its step, checkpoints and returns."""
+
+    def __init__(self) -> None:
+        self.raised = False
+        self._signals = 0
+
+    def _handle(self, signum, frame) -> None:
+        self._signals += 1
+        if self._signals > 1:  # a second Ctrl-C means stop now
+            raise KeyboardInterrupt
+        self.raised = True
+
+    def synced(self, world: World) -> bool:
+        """Whether any process was interrupted, so that all of them stop after the same step."""
+        if world.size > 1:
+            (count,) = all_reduce_sum([float(self.raised)], world)
+            self.raised = count > 0
+        return self.raised
+
+    @contextlib.contextmanager
+    def installed(self):
+        try:
+            previous = signal.signal(signal.SIGINT, self._handle)
+        except ValueError:  # not the main thread: leave signals alone
+            yield
+            return
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)

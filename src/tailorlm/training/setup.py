@@ -1,0 +1,275 @@
+"""Everything a run needs before its first step: output folder, data, model, method, batch plans."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+
+from tailorlm.errors import ConfigError, DataError
+from tailorlm.strategies.adapters import apply_method, count_parameters
+from tailorlm.strategies.base import Manifest, file_sha256, library_versions, save_specialist
+from tailorlm.training.batches import BatchPlan
+from tailorlm.training.checkpoint import list_checkpoints
+from tailorlm.training.config import PROMPT_METHODS, RunConfig, TrainSettings
+from tailorlm.training.distributed import World, barrier
+from tailorlm.training.features import build_features
+from tailorlm.training.objectives import head_for
+
+RUN_FILE = "run.json"
+
+
+@dataclass
+class Prepared:
+    """A run ready to step."""
+
+    config: RunConfig
+    output: Path
+    device: torch.device
+    dtype: torch.dtype
+    model: Any
+    tokenizer: Any
+    model_path: str
+    objective: str
+    plan: BatchPlan
+    eval_plan: BatchPlan | None
+    label_names: list[str] | None
+    data_files: dict[str, dict[str, str]]
+    trainable: int
+    total: int
+    template_added: bool
+
+    def autocast(self) -> Any:
+        """bf16 autocast on GPU; nothing on CPU, where fp32 is the fast dtype."""
+        if self.device.type == "cuda" and self.dtype == torch.bfloat16:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def save_specialist(self, state: Any, result: Any) -> None:
+        """Save the best checkpoint's weights (when evaluation picked one) or the last, with the manifest."""
+        from tailorlm.training.checkpoint import checkpoint_dir, load_trainable
+
+        if state.best_step is not None and state.best_step != state.step:
+            load_trainable(self.model, checkpoint_dir(self.output, state.best_step) / "trainable.safetensors")
+        metrics = {"final_loss": result.final_loss, "best_step": state.best_step, "steps": state.step}
+        evals = [h for h in state.history if "eval_loss" in h]
+        if evals:
+            best = next((h for h in evals if h["step"] == state.best_step), evals[-1])
+            metrics["best"] = best
+        manifest = Manifest(
+            base_model=self.config.model, base_model_path=self.model_path, strategy=self.config.method,
+            objective=self.objective, weights="adapter" if _is_peft(self.model) else "full",
+            labels=self.label_names, config=self.config.to_dict(), data=self.data_files, steps=state.step,
+            metrics=metrics, versions=library_versions(),
+        )
+        save_specialist(self.output, self.model, self.tokenizer, manifest)
+
+
+def pick_device(settings: TrainSettings, world: World = World()) -> torch.device:
+    """The device this process trains on: its own GPU under DDP, else the configured or best one."""
+    name = settings.device
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and world.size > 1:
+        torch.cuda.set_device(world.local_rank)
+        return torch.device("cuda", world.local_rank)
+    return torch.device(name)
+
+
+def prepare(config: RunConfig, *, resume: bool, overwrite: bool, console: Console, world: World = World()) -> Prepared:
+    """Check the output folder, load data and model, apply the method, and plan the batches (no training yet).
+
+    Nothing is written until everything has been checked, so a run refused here leaves the output folder as it was.
+    """
+    from tailorlm.data.spec import DataSpec
+    from tailorlm.data.templates import ensure_chat_template
+    from tailorlm.models.load import load_model, resolve_dtype
+    from tailorlm.models.hub import resolve
+
+    settings = config.train
+    output = Path(config.output)
+    _check_output(output, config, resume=resume, overwrite=overwrite)
+    device = pick_device(settings, world)
+    dtype = resolve_dtype(None if settings.dtype == "auto" else settings.dtype, device.type)
+
+    spec = DataSpec.from_dict(config.data, source=config.source, base_dir=Path(config.base_dir))
+    splits = spec.load()
+    train_examples = splits.get("train") or []
+    if not train_examples:
+        raise DataError("the training split is empty", where=config.source, key="data.train",
+                        expected="at least one example")
+
+    label_names = config.labels
+    if config.objective == "classify" and label_names is None:
+        from tailorlm.training.features import _label_sort_key
+
+        label_names = sorted({ex.label for ex in train_examples if hasattr(ex, "label")}, key=_label_sort_key)
+    model_path = str(resolve(config.model))
+    # Weights stay fp32 for training; bf16 on GPU comes from autocast, which keeps fp32 master weights.
+    model, tokenizer = load_model(model_path, head=head_for(config.objective),
+                                  num_labels=len(label_names) if label_names else None, dtype=torch.float32,
+                                  device=str(device))
+    _check_context(model, settings.max_length, config)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    template_added = False
+    if config.objective == "sft":
+        template_added = ensure_chat_template(tokenizer)
+        if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+            model.resize_token_embeddings(len(tokenizer))
+    if label_names:
+        model.config.id2label = dict(enumerate(label_names))
+        model.config.label2id = {name: i for i, name in enumerate(label_names)}
+
+    features = build_features(config.objective, train_examples, tokenizer, max_length=settings.max_length,
+                              label_names=label_names, split="train")
+    if features.truncated:
+        console.print(f"[yellow]note:[/yellow] {features.truncated} training examples were truncated to "
+                      f"{settings.max_length} tokens")
+    eval_examples = splits.get("eval") or []
+    eval_features = build_features(config.objective, eval_examples, tokenizer, max_length=settings.max_length,
+                                   label_names=label_names, split="eval") if eval_examples else None
+
+    model = apply_method(model, config, model_path=model_path)
+    if settings.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model, "enable_input_require_grads"):
+            model.enable_input_require_grads()
+    trainable, total = count_parameters(model)
+
+    packing = settings.packing and config.objective in ("pretrain", "sft") and config.method not in PROMPT_METHODS
+    if config.objective in ("pretrain", "sft"):
+        from tailorlm.training.loss import check_model
+
+        check_model(model, packed=packing)  # two tiny probes: the chunked loss and packing are exact for this model
+    pad_id = tokenizer.pad_token_id
+    plan = BatchPlan(features.items, objective=config.objective, batch_size=settings.batch_size,
+                     max_length=settings.max_length, pad_id=pad_id, packing=packing,
+                     group_by_length=settings.group_by_length, seed=settings.seed, shuffle=True)
+    eval_plan = None
+    if eval_features is not None:
+        eval_plan = BatchPlan(eval_features.items, objective=config.objective, batch_size=settings.batch_size,
+                              max_length=settings.max_length, pad_id=pad_id, packing=packing,
+                              group_by_length=True, seed=settings.seed, shuffle=False)
+    barrier(world)  # every process has checked the folder before the first one changes it
+    if world.main:
+        _claim_output(output, config, resume=resume, overwrite=overwrite, console=console)
+    console.print(f"model {config.model}: {trainable:,} of {total:,} parameters train ({config.method}); "
+                  f"{len(features.items):,} training sequences, {plan.steps_per_epoch(settings.grad_accum):,} "
+                  f"steps per epoch{'; packed ' + format(plan.efficiency, '.0%') + ' full' if packing else ''}")
+    return Prepared(config=config, output=output, device=device, dtype=dtype, model=model, tokenizer=tokenizer,
+                    model_path=model_path, objective=config.objective, plan=plan, eval_plan=eval_plan,
+                    label_names=label_names, data_files=_fingerprints(spec), trainable=trainable,
+                    total=total, template_added=template_added)
+
+
+def _check_output(output: Path, config: RunConfig, *, resume: bool, overwrite: bool) -> None:
+    """Refuse to mix runs in one folder (checked before any work, so a refused run changes nothing)."""
+    if resume and overwrite:
+        raise ConfigError("--resume and --overwrite contradict each other", where=str(output),
+                          hint="Use --resume to continue the run in this folder, or --overwrite to start again")
+    if output.exists() and not output.is_dir():
+        raise ConfigError("the output path is a file, not a folder", where=str(output), key="output",
+                          expected="a new or empty folder")
+    run_file = output / RUN_FILE
+    wanted = json.dumps(_identity(config), sort_keys=True)
+    if resume:
+        if not list_checkpoints(output):
+            raise ConfigError("nothing to resume: the output folder holds no checkpoint", where=str(output),
+                              hint="Run without --resume to start")
+        saved = json.loads(run_file.read_text(encoding="utf-8")) if run_file.is_file() else None
+        if saved is not None and json.dumps(saved, sort_keys=True) != wanted:
+            raise ConfigError("--resume needs the settings of the run that made the checkpoints", where=str(run_file),
+                              found=_first_difference(saved, _identity(config)), expected="the same model, data and method",
+                              hint="Set it back, or start a new run (another --output, or --overwrite)")
+        return
+    if output.exists() and any(output.iterdir()) and not overwrite:
+        raise ConfigError("the output folder already holds files", where=str(output),
+                          expected="a new or empty folder", hint="Pass --resume to continue that run, or --overwrite "
+                          f"to move it to {output.name}.previous and start again")
+
+
+def _claim_output(output: Path, config: RunConfig, *, resume: bool, overwrite: bool, console: Console) -> None:
+    """Once the run is known to be valid: move an old run aside (--overwrite) and record this run's settings."""
+    if resume:
+        return
+    if output.exists() and any(output.iterdir()) and overwrite:
+        previous = output.with_name(output.name + ".previous")
+        if previous.exists():
+            shutil.rmtree(previous)
+        output.rename(previous)
+        console.print(f"moved the previous contents of {output} to {previous}")
+    output.mkdir(parents=True, exist_ok=True)
+    (output / RUN_FILE).write_text(json.dumps(_identity(config), indent=1), encoding="utf-8")
+
+
+def _identity(config: RunConfig) -> dict[str, Any]:
+    """The settings that must match for a checkpoint to be resumable (step counts may change).
+
+    Paths count by what they point at, so `data.jsonl` and `/home/me/data.jsonl` are the same setting.
+    """
+    data = config.to_dict()
+    data.pop("output")
+    base = Path(config.base_dir)
+    data["model"] = _absolute(data["model"], base)
+    data["data"] = dict(data["data"])
+    for split in ("train", "eval", "test"):
+        value = data["data"].get(split)
+        if value is not None:
+            paths = value if isinstance(value, list) else [value]
+            data["data"][split] = [_absolute(v, base) for v in paths]
+    data["train"] = {k: v for k, v in data["train"].items()
+                     if k not in ("max_steps", "epochs", "eval_every", "save_every", "keep_last", "log_every",
+                                  "tensorboard", "mlflow", "early_stopping_patience")}
+    return data
+
+
+def _absolute(reference: Any, base: Path) -> Any:
+    """An existing file or folder as an absolute path (keeping any `#fragment`); anything else unchanged."""
+    if not isinstance(reference, str):
+        return reference
+    file, mark, fragment = reference.partition("#")
+    path = base / file
+    return str(path.resolve()) + mark + fragment if file and path.exists() else reference
+
+
+def _first_difference(saved: dict, wanted: dict, prefix: str = "") -> str:
+    for key in sorted(set(saved) | set(wanted)):
+        a, b = saved.get(key), wanted.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            found = _first_difference(a, b, f"{prefix}{key}.")
+            if found:
+                return found
+        elif a != b:
+            return f"{prefix}{key} was {a!r}, now {b!r}"
+    return ""
+
+
+def _check_context(model: Any, max_length: int, config: RunConfig) -> None:
+    limit = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
+    if limit and max_length > limit:
+        raise ConfigError("max_length is longer than the model's context", where=config.source, key="train.max_length",
+                          found=str(max_length), expected=f"at most {limit} tokens for {config.model}")
+
+
+def _fingerprints(spec: Any) -> dict[str, dict[str, str]]:
+    """sha256 of every data file of each split, so a specialist records exactly what it learned from."""
+    result: dict[str, dict[str, str]] = {}
+    for split in ("train", "eval", "test"):
+        for entry in getattr(spec, split, None) or []:
+            path = Path(str(entry).split("#", 1)[0])
+            files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+            for file in files:
+                if file.is_file():
+                    result.setdefault(split, {})[str(file)] = file_sha256(file)
+    return result
+
+
+def _is_peft(model: Any) -> bool:
+    return hasattr(model, "peft_config")
