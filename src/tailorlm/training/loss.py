@@ -131,10 +131,11 @@ def check_model(model: nn.Module, *, packed: bool) -> None:
             )
         if packed:
             _refuse_packed_prompt_learning(model, {"position_ids": second})
-            ids = torch.cat([first, second])[None]  # (1, 9)
-            positions = torch.cat([torch.arange(5), torch.arange(4)]).to(device)[None]  # (1, 9)
-            together = model(input_ids=ids, position_ids=positions, use_cache=False).logits[0, 5:].float()
-            if not torch.allclose(together, alone, rtol=1e-3, atol=1e-3):
+            # Two rows: flash-attention's varlen path reads packing from position ids only when there is one row.
+            ids = torch.cat([first, second]).expand(2, -1)  # (2, 9)
+            positions = torch.cat([torch.arange(5), torch.arange(4)]).to(device).expand(2, -1)  # (2, 9)
+            together = model(input_ids=ids, position_ids=positions, use_cache=False).logits[:, 5:].float()
+            if not torch.allclose(together, alone.expand(2, -1, -1), rtol=1e-3, atol=1e-3):
                 raise ConfigError(
                     f"{type(core).__name__} lets packed examples attend to each other",
                     key="packing",
