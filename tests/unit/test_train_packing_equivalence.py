@@ -85,8 +85,10 @@ def test_packed_and_padded_training_take_the_same_first_step(tiny_llama_dir, cha
     assert abs(packed_record["loss"] - padded_record["loss"]) < 1e-5
     assert abs(packed_record["grad_norm"] - padded_record["grad_norm"]) < 1e-5 * padded_record["grad_norm"]
     after_packed = dict(packed.model.named_parameters())
+    # Adam's first step is lr * g / (|g| + eps), which turns a 1e-9 gradient difference in an element whose gradient
+    # is near eps into ~1e-6; 1e-5 is still 1% of the step (lr 1e-3).
     for name, value in unpacked.model.named_parameters():
-        torch.testing.assert_close(after_packed[name], value, rtol=0, atol=1e-6, msg=name)
+        torch.testing.assert_close(after_packed[name], value, rtol=0, atol=1e-5, msg=name)
     # ... and that step moved the weights far more than the tolerance (LoRA's B starts at zero).
     base = load_file(str(tiny_llama_dir / "model.safetensors"))
     moved = [(value - base[name]).abs().max() if method == "full" else value.abs().max()

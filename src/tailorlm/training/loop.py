@@ -151,12 +151,13 @@ def train(config: RunConfig, *, resume: bool = False, overwrite: bool = False,
 
 def _optimizer_step(step_module, model, optimizer, scheduler, batches, world: World, run: Prepared, settings) -> dict:
     """Accumulate gradients over this process's micro-batches, normalised by the step's total trained tokens."""
-    mine = batches[world.rank::world.size]
     counts = [trained_tokens(b, run.objective) for b, _ in batches]
     total = max(1, sum(counts))
     loss_sum = 0.0
     input_tokens = sum(real for _, real in batches)
-    for i, (batch, _) in enumerate(mine):
+    size = settings.micro_batch_size or (1 if run.device.type == "cpu" else settings.batch_size)
+    mine = [piece for batch, _ in batches[world.rank::world.size] for piece in _pieces(batch, size)]
+    for i, batch in enumerate(mine):
         batch = {k: v.to(run.device) for k, v in batch.items()}
         sync = i == len(mine) - 1
         context = step_module.no_sync() if world.size > 1 and not sync else contextlib.nullcontext()
@@ -179,6 +180,25 @@ def _optimizer_step(step_module, model, optimizer, scheduler, batches, world: Wo
     if grad_norm is not None:
         record["grad_norm"] = grad_norm
     return record
+
+
+def _pieces(batch: dict[str, torch.Tensor], size: int) -> list[dict[str, torch.Tensor]]:
+    """Split a batch along its rows into forward passes of at most `size` rows (same sum of losses, less memory)."""
+    rows = batch["input_ids"].shape[0]
+    if rows <= size:
+        return [batch]
+    pieces = [{k: v[start:start + size] for k, v in batch.items()} for start in range(0, rows, size)]
+    return [_trim(piece) for piece in pieces]
+
+
+def _trim(piece: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop the padding columns that only other rows of the batch needed."""
+    mask = piece.get("attention_mask")
+    if mask is None:
+        return piece
+    width = mask.shape[1]
+    keep = int(mask.any(0).nonzero().max()) + 1 if mask.any() else width
+    return {k: (v[:, :keep] if v.dim() == 2 and v.shape[1] == width else v) for k, v in piece.items()}
 
 
 def _next_micro_batches(plan, state: TrainState, count: int) -> list[tuple[dict[str, torch.Tensor], int]]:

@@ -15,11 +15,13 @@ from rich.console import Console
 from tailorlm.errors import ConfigError, DataError
 from tailorlm.strategies.adapters import apply_method, count_parameters
 from tailorlm.strategies.base import Manifest, file_sha256, library_versions, save_specialist
+from tailorlm.training.attention import restore_attention, use_packed_attention
 from tailorlm.training.batches import BatchPlan
 from tailorlm.training.checkpoint import list_checkpoints
 from tailorlm.training.config import PROMPT_METHODS, RunConfig, TrainSettings
 from tailorlm.training.distributed import World, barrier
 from tailorlm.training.features import build_features
+from tailorlm.training.loss import unwrap_model
 from tailorlm.training.objectives import head_for
 
 RUN_FILE = "run.json"
@@ -55,6 +57,7 @@ class Prepared:
         """Save the best checkpoint's weights (when evaluation picked one) or the last, with the manifest."""
         from tailorlm.training.checkpoint import checkpoint_dir, load_trainable
 
+        restore_attention(unwrap_model(self.model))  # the saved model uses plain SDPA, like any other
         if state.best_step is not None and state.best_step != state.step:
             load_trainable(self.model, checkpoint_dir(self.output, state.best_step) / "trainable.safetensors")
         metrics = {"final_loss": result.final_loss, "best_step": state.best_step, "steps": state.step}
@@ -136,6 +139,9 @@ def prepare(config: RunConfig, *, resume: bool, overwrite: bool, console: Consol
     eval_features = build_features(config.objective, eval_examples, tokenizer, max_length=settings.max_length,
                                    label_names=label_names, split="eval") if eval_examples else None
 
+    packing = settings.packing and config.objective in ("pretrain", "sft") and config.method not in PROMPT_METHODS
+    if packing:
+        use_packed_attention(model)  # per-example causal attention instead of a block-diagonal mask over each row
     model = apply_method(model, config, model_path=model_path)
     if settings.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -143,7 +149,6 @@ def prepare(config: RunConfig, *, resume: bool, overwrite: bool, console: Consol
             model.enable_input_require_grads()
     trainable, total = count_parameters(model)
 
-    packing = settings.packing and config.objective in ("pretrain", "sft") and config.method not in PROMPT_METHODS
     if config.objective in ("pretrain", "sft"):
         from tailorlm.training.loss import check_model
 
