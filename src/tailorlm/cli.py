@@ -14,11 +14,11 @@ from tailorlm.errors import TailorError
 # verb -> (module that defines `add_arguments(parser)` and `run(args) -> int`, one-line help).
 # Modules are imported only when their verb runs, so `tailor --help` stays fast.
 VERBS: dict[str, tuple[str, str]] = {
-    "quickstart": ("tailorlm.commands.quickstart", "Pull the built-in models, check a shipped data set and ask the model a question."),
-    "models": ("tailorlm.commands.models", "List, pull and describe model references (built-in packs, folders, GGUF files, hub ids)."),
-    "data": ("tailorlm.commands.data", "Check a data file or recipe before training: formats, lengths, masks, overlap, personal data."),
-    "estimate": ("tailorlm.commands.estimate", "Estimate parameters, memory and time of a training run by timing two real steps."),
-    "train": ("tailorlm.commands.train", "Train with one loop: pretrain, sft, classify or seq2seq; full, freeze or a peft method."),
+    "quickstart": ("tailorlm.commands.quickstart", "Run the built-in defaults end to end on a shipped data set."),
+    "models": ("tailorlm.commands.models", "List, pull and describe model references."),
+    "data": ("tailorlm.commands.data", "Check data before training: lengths, masks, overlap, PII."),
+    "estimate": ("tailorlm.commands.estimate", "Estimate parameters, memory and time of a training run."),
+    "train": ("tailorlm.commands.train", "Pre-train or fine-tune with one loop, any objective and method."),
 }
 
 
@@ -55,11 +55,20 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+class _OneLineHelp(argparse.HelpFormatter):
+    """Room for the longest verb name, so each verb's help stays on its own line."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=20, width=100)
+        self._action_max_length = 18
+
+
 def _parser_for(argv: list[str]) -> argparse.ArgumentParser:
     """Build the parser, importing only the module of the verb being run."""
     parser = argparse.ArgumentParser(
         prog="tailor",
         description="Tailor a language model to an application, and measure which way of tailoring wins.",
+        formatter_class=_OneLineHelp,
     )
     parser.add_argument("--version", action="version", version=f"tailorlm {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full Python tracebacks instead of one-paragraph errors")

@@ -27,3 +27,15 @@ def test_ci_runs_the_readme_test_command():
 def test_torch_stays_pinned_to_a_range_that_admits_the_cpu_build():
     pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
     assert '"torch>=2.4,<=2.13.0"' in pyproject
+
+
+def test_help_lists_every_verb_on_one_line(capsys):
+    from tailorlm.cli import VERBS, main
+
+    import contextlib
+
+    with contextlib.suppress(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    for verb, (_, help_line) in VERBS.items():
+        assert any(line.split() and line.split()[0] == verb and help_line in line for line in out.splitlines()), verb
