@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -54,11 +53,10 @@ def library_versions() -> dict[str, str]:
 
 
 def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    """The sha256 of a file's bytes (read in blocks)."""
+    from tailorlm.models.sources import sha256_of
+
+    return sha256_of(Path(path))
 
 
 def read_manifest(folder: Path) -> Manifest:

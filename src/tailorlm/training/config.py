@@ -194,7 +194,6 @@ class RunConfig:
 
 
 TOP_KEYS = [f.name for f in dataclasses.fields(RunConfig) if f.name not in ("source", "base_dir")]
-SECTIONS = {"lora": LoraSettings, "prompt": PromptSettings, "freeze": FreezeSettings, "train": TrainSettings}
 
 
 def resolve_config(recipe: str | Path | None = None, *, values: dict[str, Any] | None = None,
@@ -217,23 +216,11 @@ def resolve_config(recipe: str | Path | None = None, *, values: dict[str, Any] |
         if data[name] not in allowed:
             raise ConfigError(f"unknown {name}", where=source, key=name, found=repr(data[name]),
                               expected="one of " + ", ".join(allowed), hint=suggest(str(data[name]), allowed))
-    sections = {name: build_dataclass(cls, data.pop(name, None), where=source, section=name) for name, cls in SECTIONS.items()}
-    top = build_dataclass(_TopLevel, data, where=source, section="")
-    return RunConfig(**dataclasses.asdict(top), **sections, source=source, base_dir=base_dir)
+    return build_dataclass(RunConfig, {**data, "source": source, "base_dir": base_dir}, where=source, section="")
 
 
 def _plain(text: str) -> bool:
     return all(c.isalnum() or c in "-_./:" for c in text)
-
-
-@dataclass
-class _TopLevel:
-    model: str
-    objective: Literal["pretrain", "sft", "classify", "seq2seq"]
-    method: Literal["full", "freeze", "lora", "dora", "ia3", "prompt_tuning", "p_tuning", "prefix_tuning"]
-    data: dict[str, Any]
-    output: str
-    labels: list[str] | None = None
 
 
 _EXPECTED = {
