@@ -29,9 +29,13 @@ class LossModule(nn.Module):
             logits = classifier_logits(self.model, batch)  # (B, C)
             labels = batch["labels"]
             return F.cross_entropy(logits.float(), labels, reduction="sum"), torch.tensor(labels.numel())
-        logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                            labels=batch["labels"]).logits  # (B, T_target, V)
+        from tailorlm.training.loss import unwrap_model
+
         labels = batch["labels"]
+        # decoder inputs instead of labels, so the model does not compute a loss of its own that we would discard
+        decoder_input_ids = unwrap_model(self.model).prepare_decoder_input_ids_from_labels(labels=labels)
+        logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                            decoder_input_ids=decoder_input_ids).logits  # (B, T_target, V)
         loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
         return loss, (labels != IGNORE_INDEX).sum()
 
