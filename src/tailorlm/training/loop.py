@@ -19,13 +19,14 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from rich.console import Console
 
 from tailorlm.training.checkpoint import TrainState, list_checkpoints, load_checkpoint, save_checkpoint
 from tailorlm.training.config import RunConfig
 from tailorlm.errors import ConfigError
 from tailorlm.training.distributed import World, all_reduce_sum, barrier, init_world, shutdown, wrap
-from tailorlm.training.objectives import LossModule, classification_accuracy, trained_tokens
+from tailorlm.training.objectives import LossModule, classifier_logits, trained_tokens
 from tailorlm.training.optim import build_optimizer, build_scheduler
 from tailorlm.training.setup import Prepared, pick_device, prepare
 from tailorlm.training.tracking import Tracker
@@ -225,11 +226,14 @@ def _evaluate(loss_module: LossModule, model, run: Prepared, state: TrainState, 
             break
         batch = {k: v.to(run.device) for k, v in run.eval_plan.collate(indices)[0].items()}
         with run.autocast():
-            loss, tokens = loss_module(batch)
+            if run.objective == "classify":  # one forward gives both the loss and the accuracy
+                logits = classifier_logits(model, batch).float()  # (B, C)
+                loss, tokens = F.cross_entropy(logits, batch["labels"], reduction="sum"), batch["labels"].numel()
+                correct += int((logits.argmax(-1) == batch["labels"]).sum())
+                seen += int(batch["labels"].numel())
+            else:
+                loss, tokens = loss_module(batch)
         loss_sum, count = loss_sum + float(loss), count + int(tokens)
-        if run.objective == "classify":
-            c, t = classification_accuracy(model, batch)
-            correct, seen = correct + c, seen + t
     model.train()
     record = {"step": state.step, "eval_loss": loss_sum / max(count, 1)}
     if seen:

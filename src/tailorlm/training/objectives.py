@@ -40,12 +40,6 @@ class LossModule(nn.Module):
         return loss, (labels != IGNORE_INDEX).sum()
 
 
-def classification_accuracy(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[int, int]:
-    """(correct, total) for one classification batch."""
-    logits = classifier_logits(model, batch)
-    return int((logits.argmax(-1) == batch["labels"]).sum()), int(batch["labels"].numel())
-
-
 def classifier_logits(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Class logits (B, C) of a right-padded batch, read at each row's last real token for decoders.
 
