@@ -23,7 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dry-run", action="store_true", help="print the resolved settings and stop")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --output")
     parser.add_argument("--overwrite", action="store_true", help="move an existing output folder aside and start anew")
-    parser.add_argument("--nproc", type=int, default=1, help="processes for data-parallel training (torchrun, DDP)")
+    parser.add_argument("--nproc", type=int, default=1,
+                        help="processes for data-parallel training (torchrun; DDP, or FSDP with --set train.fsdp=true)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -38,11 +39,7 @@ def run(args: argparse.Namespace) -> int:
     if args.resume and args.overwrite:
         raise ConfigError("--resume and --overwrite contradict each other",
                           hint="Use --resume to continue the run in --output, or --overwrite to start again")
-    if args.nproc > config.train.grad_accum:
-        raise ConfigError("each process needs at least one micro-batch per optimizer step", where=config.source,
-                          key="train.grad_accum", found=f"{config.train.grad_accum} with --nproc {args.nproc}",
-                          expected=f"at least {args.nproc}: the global batch (batch_size x grad_accum) is split "
-                                   "across the processes")
+    config.train.check_processes(int(os.environ.get("WORLD_SIZE", args.nproc)), where=config.source)
     if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
         from tailorlm.training.distributed import launch
 

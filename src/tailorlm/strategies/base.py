@@ -74,12 +74,17 @@ def read_manifest(folder: Path) -> Manifest:
     return Manifest(**{k: v for k, v in data.items() if k in known})
 
 
-def save_specialist(output: Path, model: Any, tokenizer: Any, manifest: Manifest) -> None:
-    """Write weights (or adapter), tokenizer and manifest to a temporary folder, then move them into `output`."""
+def save_specialist(output: Path, model: Any, tokenizer: Any, manifest: Manifest,
+                    state_dict: dict[str, Any] | None = None) -> None:
+    """Write weights (or adapter), tokenizer and manifest to a temporary folder, then move them into `output`.
+
+    `state_dict` replaces the model's own weights when the model holds only shards of them (FSDP).
+    """
     output.mkdir(parents=True, exist_ok=True)
     stage = output / f".tmp-specialist-{uuid.uuid4().hex[:8]}"
     try:
-        model.save_pretrained(stage, safe_serialization=True)
+        extra = {} if state_dict is None else {"state_dict": state_dict}
+        model.save_pretrained(stage, safe_serialization=True, **extra)
         tokenizer.save_pretrained(stage)
         (stage / MANIFEST).write_text(json.dumps(manifest.to_dict(), indent=1), encoding="utf-8")
         for item in stage.iterdir():

@@ -56,14 +56,20 @@ def list_checkpoints(output: Path) -> list[Path]:
 
 
 def save_checkpoint(output: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-                    state: TrainState, *, keep_last: int) -> Path:
-    """Write a checkpoint atomically, then drop old ones beyond `keep_last` (never the best one)."""
+                    state: TrainState, *, keep_last: int,
+                    whole: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None) -> Path:
+    """Write a checkpoint atomically, then drop old ones beyond `keep_last` (never the best one).
+
+    `whole` gives the trainable parameters and optimizer state to write when the model and optimizer hold only
+    shards of them (FSDP gathers them first, training/fsdp.py); by default they are read from the two directly.
+    """
+    trainable, optimizer_state = whole or (trainable_state(model), optimizer.state_dict())
     final = checkpoint_dir(output, state.step)
     tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir(parents=True)
     try:
-        save_file(_contiguous(trainable_state(model)), str(tmp / "trainable.safetensors"))
-        tensors, groups = _flatten_optimizer(optimizer.state_dict())
+        save_file(_contiguous(trainable), str(tmp / "trainable.safetensors"))
+        tensors, groups = _flatten_optimizer(optimizer_state)
         save_file(tensors, str(tmp / "optimizer.safetensors"))
         rng_tensors, rng_json = _rng_state()
         save_file(rng_tensors, str(tmp / "rng.safetensors"))
@@ -88,11 +94,17 @@ def save_checkpoint(output: Path, model: nn.Module, optimizer: torch.optim.Optim
 
 
 def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any) -> TrainState:
-    """Restore everything `save_checkpoint` wrote, in place, and return the loop state."""
+    """Restore everything `save_checkpoint` wrote, in place, and return the loop state.
+
+    Under FSDP every process calls this and keeps its own shard of each tensor.
+    """
+    from tailorlm.training.fsdp import shard_optimizer_state
+
     meta = json.loads((path / "state.json").read_text(encoding="utf-8"))
     load_trainable(model, path / "trainable.safetensors")
-    optimizer.load_state_dict(_unflatten_optimizer(load_file(str(path / "optimizer.safetensors")),
-                                                   meta["optimizer_param_groups"]))
+    optimizer_state = _unflatten_optimizer(load_file(str(path / "optimizer.safetensors")),
+                                           meta["optimizer_param_groups"])
+    optimizer.load_state_dict(shard_optimizer_state(optimizer, optimizer_state))
     scheduler.load_state_dict(meta["scheduler"])
     _set_rng_state(load_file(str(path / "rng.safetensors")), meta["rng"])
     return TrainState(**meta["train_state"])
@@ -104,7 +116,10 @@ def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def load_trainable(model: nn.Module, file: Path) -> None:
-    """Copy saved trainable parameters into the model, refusing a checkpoint made for other parameters."""
+    """Copy saved trainable parameters into the model (or this process's shards of them, under FSDP), refusing a
+    checkpoint made for other parameters."""
+    from tailorlm.training.fsdp import shard_like
+
     saved = load_file(str(file))
     params = dict(model.named_parameters())
     expected = {n for n, p in params.items() if p.requires_grad}
@@ -116,7 +131,7 @@ def load_trainable(model: nn.Module, file: Path) -> None:
                           found=f"missing {missing}, unexpected {extra}", expected="the same model, method and settings")
     with torch.no_grad():
         for name, tensor in saved.items():
-            params[name].copy_(tensor)
+            params[name].copy_(shard_like(tensor, params[name]))
 
 
 def _contiguous(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -127,6 +127,9 @@ class TrainSettings:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     """auto: fp32 on CPU (bf16 is ~20x slower there), bf16 on GPU."""
+    fsdp: bool = False
+    """Shard parameters, gradients and optimizer state across the processes (PyTorch FSDP) instead of keeping a
+    whole copy in each (DDP), for models that do not fit one device; only with --nproc above 1."""
     tensorboard: bool = True
     mlflow: bool = False
 
@@ -152,6 +155,17 @@ class TrainSettings:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError("must be at least 1 (or null)", key=f"train.{name}", found=str(value))
+
+    def check_processes(self, count: int, *, where: str | None = None) -> None:
+        """Refuse settings that do not fit `count` training processes (checked before launching them)."""
+        if self.grad_accum < count:
+            raise ConfigError("each process needs at least one micro-batch per optimizer step", where=where,
+                              key="train.grad_accum", found=f"{self.grad_accum} with {count} processes",
+                              expected=f"at least {count}: the global batch (batch_size x grad_accum) is split "
+                                       "across the processes")
+        if self.fsdp and count == 1:
+            raise ConfigError("FSDP shards the model across processes, and this run has one", where=where,
+                              key="train.fsdp", expected="--nproc 2 or more (or torchrun), or train.fsdp: false")
 
 
 @dataclass

@@ -1,7 +1,8 @@
-"""Scale-out on PyTorch's own engine: torchrun launches the processes, DDP keeps their gradients in step."""
+"""Scale-out on PyTorch's own engine: torchrun launches the processes, DDP (or FSDP) keeps their gradients in step."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -36,14 +37,30 @@ def init_world(device_type: str) -> World:
     return World(rank=dist.get_rank(), size=dist.get_world_size(), local_rank=int(os.environ.get("LOCAL_RANK", "0")))
 
 
-def wrap(module: nn.Module, world: World, device_type: str) -> nn.Module:
-    """DDP around the module that computes the loss, so its forward triggers gradient synchronisation."""
+def wrap(module: nn.Module, world: World, device_type: str, *, fsdp: bool = False) -> nn.Module:
+    """DDP around the module that computes the loss, so its forward triggers gradient synchronisation.
+
+    With `fsdp`, the module is sharded in place instead (training/fsdp.py); build the optimizer after this.
+    """
     if world.size == 1:
         return module
+    if fsdp:
+        from tailorlm.training.fsdp import shard
+
+        return shard(module, world, device_type)
     from torch.nn.parallel import DistributedDataParallel
 
     ids = [world.local_rank] if device_type == "cuda" else None
     return DistributedDataParallel(module, device_ids=ids, find_unused_parameters=False)
+
+
+def gradient_sync(module: nn.Module, enabled: bool) -> contextlib.AbstractContextManager:
+    """Synchronise gradients in this backward pass (a step's last micro-batch) or only accumulate them."""
+    if isinstance(module, nn.parallel.DistributedDataParallel):
+        return contextlib.nullcontext() if enabled else module.no_sync()
+    if hasattr(module, "set_requires_gradient_sync"):  # FSDP
+        module.set_requires_gradient_sync(enabled)
+    return contextlib.nullcontext()
 
 
 def all_reduce_sum(values: list[float], world: World) -> list[float]:

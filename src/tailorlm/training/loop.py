@@ -25,7 +25,8 @@ from rich.console import Console
 from tailorlm.training.checkpoint import TrainState, list_checkpoints, load_checkpoint, save_checkpoint
 from tailorlm.training.config import RunConfig
 from tailorlm.errors import ConfigError
-from tailorlm.training.distributed import World, all_reduce_sum, barrier, init_world, shutdown, wrap
+from tailorlm.training.distributed import World, all_reduce_sum, barrier, gradient_sync, init_world, shutdown, wrap
+from tailorlm.training.fsdp import gather_checkpoint, whole, whole_root
 from tailorlm.training.objectives import LossModule, classifier_logits, trained_tokens
 from tailorlm.training.optim import build_optimizer, build_scheduler
 from tailorlm.training.setup import Prepared, pick_device, prepare
@@ -58,12 +59,11 @@ def train(config: RunConfig, *, resume: bool = False, overwrite: bool = False,
     """Run one training job to completion (or to Ctrl-C, which checkpoints) and save the specialist."""
     settings = config.train
     world = init_world(pick_device(settings).type)
-    if settings.grad_accum < world.size:
+    try:
+        settings.check_processes(world.size, where=config.source)
+    except ConfigError:
         shutdown(world)
-        raise ConfigError("each process needs at least one micro-batch per optimizer step", key="train.grad_accum",
-                          found=f"{settings.grad_accum} with {world.size} processes",
-                          expected=f"train.grad_accum of at least {world.size} (the global batch is batch_size x "
-                                   "grad_accum, split across the processes)")
+        raise
     console = console or Console(stderr=True, quiet=not world.main)
     # Seeded before the model is built, so that new weights (adapters, heads) start the same in every run.
     _seed_everything(settings.seed)
@@ -74,7 +74,7 @@ def train(config: RunConfig, *, resume: bool = False, overwrite: bool = False,
         raise
     model = run.model
     loss_module = LossModule(model, objective=config.objective, chunk_size=settings.loss_chunk_size)
-    step_module = wrap(loss_module, world, run.device.type)
+    step_module = wrap(loss_module, world, run.device.type, fsdp=settings.fsdp)  # before the optimizer: FSDP
     optimizer = build_optimizer(model, lr=settings.lr, weight_decay=settings.weight_decay, device_type=run.device.type)
     plan = run.plan
     total_steps = settings.max_steps or max(1, math.ceil(settings.epochs * plan.steps_per_epoch(settings.grad_accum)))
@@ -95,11 +95,17 @@ def train(config: RunConfig, *, resume: bool = False, overwrite: bool = False,
     saved_step = state.step if resume else None
 
     def checkpoint() -> None:
-        """Save the current state once per step, from the main process only."""
+        """Save the current state once per step; the main process writes (under FSDP, all of them gather)."""
         nonlocal saved_step
-        if world.main and saved_step != state.step:
-            save_checkpoint(run.output, model, optimizer, scheduler, state, keep_last=settings.keep_last)
-            saved_step = state.step
+        if saved_step == state.step:
+            return
+        gathered = None
+        if settings.fsdp:
+            gathered = gather_checkpoint(model, optimizer, world)
+        if world.main:
+            save_checkpoint(run.output, model, optimizer, scheduler, state, keep_last=settings.keep_last,
+                            whole=gathered)
+        saved_step = state.step
     model.train()
     try:
         with stop.installed():
@@ -118,7 +124,9 @@ def train(config: RunConfig, *, resume: bool = False, overwrite: bool = False,
                 result.final_loss = record["loss"]
                 evaluate_now = settings.eval_every and state.step % settings.eval_every == 0
                 if run.eval_plan is not None and (evaluate_now or state.step == total_steps):
-                    improved = _evaluate(loss_module, model, run, state, tracker, world)
+                    # FSDP: classification calls the model itself, outside the loss module that gathers its weights
+                    with whole_root(loss_module):
+                        improved = _evaluate(loss_module, model, run, state, tracker, world)
                     if settings.early_stopping_patience and state.evals_without_improvement >= settings.early_stopping_patience:
                         result.stopped_early = True
                     if improved:
@@ -141,11 +149,15 @@ def train(config: RunConfig, *, resume: bool = False, overwrite: bool = False,
     result.eval_history = [h for h in state.history if "eval_loss" in h]
     result.tokens_per_second = state.tokens_seen / max(state.elapsed_seconds, 1e-9)
     result.peak_memory_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    if world.main and not result.interrupted:
-        run.save_specialist(state, result)
+    if not result.interrupted:
+        run.save_specialist(state, result, world, fsdp_root=loss_module if settings.fsdp else None)
     elif result.interrupted and world.main:
         console.print(f"interrupted at step {state.step}; checkpoint saved in {list_checkpoints(run.output)[-1]}. "
                       "To continue, run the same command with --resume.")
+    if settings.fsdp:
+        # End on a collective that holds no tensors: gloo frees a finished all-gather on its own thread, and one freed
+        # while Python shuts down aborts the process (pytorch/pytorch#179291 describes it).
+        barrier(world)
     shutdown(world)
     return result
 
@@ -157,20 +169,26 @@ def _optimizer_step(step_module, model, optimizer, scheduler, batches, world: Wo
     loss_sum = 0.0
     input_tokens = sum(real for _, real in batches)
     size = settings.micro_batch_size or (1 if run.device.type == "cpu" else settings.batch_size)
-    mine = [piece for batch, _ in batches[world.rank::world.size] for piece in _pieces(batch, size)]
-    for i, batch in enumerate(mine):
-        batch = {k: v.to(run.device) for k, v in batch.items()}
-        sync = i == len(mine) - 1
-        context = step_module.no_sync() if world.size > 1 and not sync else contextlib.nullcontext()
-        with context, run.autocast():
+    mine = _rank_pieces(batches, world.rank, world.size, size)
+    passes = len(mine)
+    if settings.fsdp:
+        # FSDP gathers each block's weights in every forward, so all processes run the same number of passes;
+        # one with fewer micro-batches repeats its first with a zero weight.
+        passes = max(len(_rank_pieces(batches, rank, world.size, size)) for rank in range(world.size))
+    for i in range(passes):
+        batch = {k: v.to(run.device) for k, v in mine[i if i < len(mine) else 0].items()}
+        # DDP and FSDP average gradients over processes; scaling by the world size turns that into a sum.
+        weight = world.size / total if i < len(mine) else 0.0
+        with gradient_sync(step_module, i == passes - 1), run.autocast():
             loss, _ = step_module(batch)
-            # DDP averages gradients over processes; scaling by the world size turns that into a sum.
-            (loss * (world.size / total)).backward()
-        loss_sum += float(loss.detach())
+            (loss * weight).backward()
+        if i < len(mine):
+            loss_sum += float(loss.detach())
     grad_norm = None
     if settings.max_grad_norm is not None:
-        grad_norm = float(torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad],
-                                                         settings.max_grad_norm))
+        norm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad],
+                                              settings.max_grad_norm)
+        grad_norm = float(whole(norm))  # FSDP gives the norm as a distributed tensor over the gradients' shards
     lr = optimizer.param_groups[0]["lr"]
     optimizer.step()
     scheduler.step()
@@ -181,6 +199,12 @@ def _optimizer_step(step_module, model, optimizer, scheduler, batches, world: Wo
     if grad_norm is not None:
         record["grad_norm"] = grad_norm
     return record
+
+
+def _rank_pieces(batches: list[tuple[dict[str, torch.Tensor], int]], rank: int, size: int,
+                 rows: int) -> list[dict[str, torch.Tensor]]:
+    """The forward passes of process `rank`: its share of the step's micro-batches, split into pieces of `rows`."""
+    return [piece for batch, _ in batches[rank::size] for piece in _pieces(batch, rows)]
 
 
 def _pieces(batch: dict[str, torch.Tensor], size: int) -> list[dict[str, torch.Tensor]]:

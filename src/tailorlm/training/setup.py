@@ -53,13 +53,21 @@ class Prepared:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def save_specialist(self, state: Any, result: Any) -> None:
-        """Save the best checkpoint's weights (when evaluation picked one) or the last, with the manifest."""
-        from tailorlm.training.checkpoint import checkpoint_dir, load_trainable
+    def save_specialist(self, state: Any, result: Any, world: World = World(), fsdp_root: Any = None) -> None:
+        """Save the best checkpoint's weights (when evaluation picked one) or the last, with the manifest.
 
+        The main process writes. Under FSDP (`fsdp_root` is the sharded loss module) every process must call this:
+        all of them take part in gathering the whole weights.
+        """
+        from tailorlm.training.checkpoint import checkpoint_dir, load_trainable
+        from tailorlm.training.fsdp import gather_model, whole_root
+
+        if not (world.main or fsdp_root is not None):
+            return
         restore_attention(unwrap_model(self.model))  # the saved model uses plain SDPA, like any other
         if state.best_step is not None and state.best_step != state.step:
             load_trainable(self.model, checkpoint_dir(self.output, state.best_step) / "trainable.safetensors")
+        weights = gather_model(self.model) if fsdp_root is not None else None
         metrics = {"final_loss": result.final_loss, "best_step": state.best_step, "steps": state.step}
         evals = [h for h in state.history if "eval_loss" in h]
         if evals:
@@ -71,7 +79,10 @@ class Prepared:
             labels=self.label_names, config=self.config.to_dict(), data=self.data_files, steps=state.step,
             metrics=metrics, versions=library_versions(),
         )
-        save_specialist(self.output, self.model, self.tokenizer, manifest)
+        # peft saves a prompt method's virtual tokens by running its prompt encoder, which FSDP keeps in the root
+        with whole_root(fsdp_root):
+            if world.main:
+                save_specialist(self.output, self.model, self.tokenizer, manifest, state_dict=weights)
 
 
 def pick_device(settings: TrainSettings, world: World = World()) -> torch.device:
@@ -215,7 +226,8 @@ def _claim_output(output: Path, config: RunConfig, *, resume: bool, overwrite: b
 
 
 def _identity(config: RunConfig) -> dict[str, Any]:
-    """The settings that must match for a checkpoint to be resumable (step counts may change).
+    """The settings that must match for a checkpoint to be resumable (step counts may change, and so may
+    train.fsdp: FSDP writes the same whole-tensor checkpoints as one process or DDP).
 
     Paths count by what they point at, so `data.jsonl` and `/home/me/data.jsonl` are the same setting.
     """
@@ -231,7 +243,7 @@ def _identity(config: RunConfig) -> dict[str, Any]:
             data["data"][split] = [_absolute(v, base) for v in paths]
     data["train"] = {k: v for k, v in data["train"].items()
                      if k not in ("max_steps", "epochs", "eval_every", "save_every", "keep_last", "log_every",
-                                  "tensorboard", "mlflow", "early_stopping_patience")}
+                                  "tensorboard", "mlflow", "early_stopping_patience", "fsdp")}
     return data
 
 
