@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 
 from _train_runs import child_env, losses, one_thread, train_args, write_chat
 from tailorlm.cli import main
+from tailorlm.strategies.base import load_specialist
 from tailorlm.training.checkpoint import list_checkpoints
 from tailorlm.training.tracking import read_metrics
 
@@ -71,8 +72,6 @@ def test_fsdp_follows_the_one_process_run_and_saves_whole_tensors(tiny_llama_dir
     assert {k: v.shape for k, v in one.items()} == {k: v.shape for k, v in two.items()}
     assert all(torch.allclose(one[k], two[k], rtol=1e-4, atol=1e-5) for k in one)
     assert json.loads((fsdp_out / "specialist.json").read_text())["steps"] == 4
-    from tailorlm.strategies.base import load_specialist
-
     ids = torch.arange(3, 15)[None]  # (1, 12)
     with torch.no_grad():
         expected = load_specialist(single_out)[0](input_ids=ids).logits

@@ -155,8 +155,9 @@ def train(config: RunConfig, *, resume: bool = False, overwrite: bool = False,
         console.print(f"interrupted at step {state.step}; checkpoint saved in {list_checkpoints(run.output)[-1]}. "
                       "To continue, run the same command with --resume.")
     if settings.fsdp:
-        # End on a collective that holds no tensors: gloo frees a finished all-gather on its own thread, and one freed
-        # while Python shuts down aborts the process (pytorch/pytorch#179291 describes it).
+        # The specialist's last all-gather must be retired before Python shuts down: gloo's worker thread frees its
+        # tensors, which needs the interpreter, and one freed during shutdown aborts the process (seen in a core
+        # dump; pytorch/pytorch#179291). A barrier waits with the interpreter free, so that thread finishes first.
         barrier(world)
     shutdown(world)
     return result
