@@ -19,6 +19,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "data": ("tailorlm.commands.data", "Check data before training: lengths, masks, overlap, PII."),
     "estimate": ("tailorlm.commands.estimate", "Estimate parameters, memory and time of a training run."),
     "train": ("tailorlm.commands.train", "Pre-train or fine-tune with one loop, any objective and method."),
+    "rag": ("tailorlm.commands.rag", "Index documents, search them, answer with citations, evaluate retrieval."),
 }
 
 

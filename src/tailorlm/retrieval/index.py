@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -53,7 +54,15 @@ class IndexReport:
     skipped: int = 0
     chunks: int = 0
     embedded: int = 0
+    seconds: float = 0.0
     warnings: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        """One line for users: what happened to the files and the chunks, and the run's time and chunks per second."""
+        files = (f"files: {self.added} added, {self.updated} updated, {self.removed} removed, "
+                 f"{self.unchanged} unchanged, {self.skipped} skipped")
+        speed = f" ({self.embedded / self.seconds:.0f} chunks/s)" if self.embedded and self.seconds > 0 else ""
+        return f"{files}; {self.chunks} chunks in the index, {self.embedded} embedded; {self.seconds:.1f} s{speed}"
 
 
 class Index:
@@ -156,8 +165,11 @@ def build_index(
     if backend not in BACKENDS:
         raise ConfigError("unknown index backend", key="backend", found=repr(backend), expected=" or ".join(BACKENDS))
     _refuse_foreign(folder)
+    start = time.perf_counter()
     with _writer_lock(folder):
-        return _build(paths, folder, embed_model, chunk_tokens, overlap, backend, progress, text_column, id_column, embedder)
+        report = _build(paths, folder, embed_model, chunk_tokens, overlap, backend, progress, text_column, id_column, embedder)
+    report.seconds = time.perf_counter() - start
+    return report
 
 
 def _build(paths: list[Path], folder: Path, embed_model: str, chunk_tokens: int | None, overlap: int, backend: str,
@@ -361,6 +373,8 @@ def _progress(items: Sequence[Any], description: str, show: bool) -> Iterator[An
     if not show or not items:
         yield from items
         return
+    from rich.console import Console
     from rich.progress import track
 
-    yield from track(items, description=description, transient=True)
+    # On stderr, so that stdout holds only the results when it is piped.
+    yield from track(items, description=description, transient=True, console=Console(stderr=True))

@@ -84,6 +84,26 @@ def search(
     return Hits(hits[:k], notes)
 
 
+def parse_filters(pairs: Sequence[str], *, flag: str = "--filter") -> dict[str, str]:
+    """`key=value` texts as search filters; values stay text, which matches numbers and booleans stored as such.
+
+    >>> parse_filters(["source=CDC", "page=3"])
+    {'source': 'CDC', 'page': '3'}
+    """
+    filters: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or not key or not value:
+            raise ConfigError(f"bad {flag}", key=flag.lstrip("-"), found=repr(pair),
+                              expected=f"key=value, e.g. {flag} source=CDC")
+        if key in filters and filters[key] != value:
+            raise ConfigError(f"two values for one field in {flag}", key=key, found=f"{filters[key]!r} and {value!r}",
+                              expected="one value per field (every filter must hold)")
+        filters[key] = value
+    return filters
+
+
 def bm25_hits(index: "Index", query: str, k: int, filters: Mapping[str, Any] | None = None) -> list[Hit]:
     """The k best chunks by BM25 among those matching `filters`."""
     allowed = {chunk.chunk_id for chunk in index.store.all_chunks(filters)} if filters else None
