@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from tailorlm.errors import ModelError
@@ -37,8 +37,12 @@ def generate(
     temperature: float = 0.0,
     top_p: float = 1.0,
     seed: int | None = None,
+    on_text: Callable[[str], None] | None = None,
 ) -> str:
-    """Only the newly generated text for a prompt or chat messages; greedy when temperature is 0."""
+    """Only the newly generated text for a prompt or chat messages; greedy when temperature is 0.
+
+    `on_text` receives the text in pieces as it is generated; the pieces joined are the returned text.
+    """
     import torch
 
     text = render_prompt(tokenizer, messages_or_prompt)
@@ -64,11 +68,50 @@ def generate(
         # Greedy: clear sampling defaults a checkpoint's generation_config may carry, so transformers does not warn.
         options.update(temperature=None, top_p=None, top_k=None)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(sorted(eos)), None)
+    streamer = None if on_text is None else TextPieces(tokenizer, on_text)
     with torch.inference_mode():
         output = model.generate(
-            **inputs, max_new_tokens=max_new_tokens, eos_token_id=sorted(eos) or None, pad_token_id=pad, **options
+            **inputs, max_new_tokens=max_new_tokens, eos_token_id=sorted(eos) or None, pad_token_id=pad,
+            streamer=streamer, **options
         )
     return tokenizer.decode(output[0, prompt_len:], skip_special_tokens=True)
+
+
+class TextPieces:
+    """A streamer for `model.generate` (transformers' BaseStreamer protocol: `put`, `end`) that hands new text to a
+    callback, skipping the prompt. It does not subclass BaseStreamer so that importing this module stays free of
+    transformers.
+
+    Each step decodes all new tokens so far (as `generate` decodes them at the end) and passes on what was added
+    since the last piece; text ending in an unfinished character (a split UTF-8 byte sequence decodes to U+FFFD)
+    waits for the next token. So the pieces joined are exactly the final decoded text.
+    """
+
+    def __init__(self, tokenizer: Any, on_text: Callable[[str], None]) -> None:
+        self.tokenizer, self.on_text = tokenizer, on_text
+        self.ids: list[int] = []
+        self.sent = ""
+        self._prompt_seen = False
+
+    def put(self, value: Any) -> None:
+        """Take the next token ids (the first call brings the prompt, which is skipped)."""
+        if not self._prompt_seen:
+            self._prompt_seen = True
+            return
+        self.ids.extend(int(t) for t in value.reshape(-1).tolist())
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        if not text.endswith("\ufffd"):
+            self._send(text)
+
+    def end(self) -> None:
+        """Send whatever text is left."""
+        self._send(self.tokenizer.decode(self.ids, skip_special_tokens=True))
+
+    def _send(self, text: str) -> None:
+        # Decoding more tokens only appends to the text of fewer (no clean-up of spaces in generative tokenizers).
+        if len(text) > len(self.sent) and text.startswith(self.sent):
+            piece, self.sent = text[len(self.sent):], text
+            self.on_text(piece)
 
 
 def _as_list(value: Any) -> list:

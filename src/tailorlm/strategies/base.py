@@ -97,7 +97,12 @@ def save_specialist(output: Path, model: Any, tokenizer: Any, manifest: Manifest
 
 
 def load_specialist(folder: str | Path, *, dtype: Any = None, device: str | None = None) -> tuple[Any, Any, Manifest]:
-    """Load a trained specialist: the base model with its adapter applied (or the full weights), and its tokenizer."""
+    """Load a specialist's model: the base model with its adapter applied (or the full weights), and its tokenizer.
+
+    A specialist with weights 'none' (prompting, RAG) has the model of what it wraps: a model reference or another
+    specialist folder (as `lora+rag` wraps a LoRA specialist). What such a strategy adds on top (an index, a prompt)
+    is its own loader's to add, e.g. `strategies.rag.RagSpecialist.load`.
+    """
     from transformers import AutoTokenizer
 
     from tailorlm.models.load import load_model
@@ -106,7 +111,13 @@ def load_specialist(folder: str | Path, *, dtype: Any = None, device: str | None
     manifest = read_manifest(folder)
     head = {"classify": "sequence-classification", "seq2seq": "seq2seq"}.get(manifest.objective, "causal-lm")
     num_labels = len(manifest.labels) if manifest.labels else None
-    if manifest.weights == "adapter":
+    if manifest.weights == "none":
+        base_ref = manifest.base_model_path if Path(manifest.base_model_path).is_dir() else manifest.base_model
+        if (Path(base_ref) / MANIFEST).is_file():
+            model, tokenizer, _ = load_specialist(base_ref, dtype=dtype, device=device)
+        else:
+            model, tokenizer = load_model(base_ref, head=head, num_labels=num_labels, dtype=dtype, device=device)
+    elif manifest.weights == "adapter":
         import peft
 
         base_ref = manifest.base_model_path if Path(manifest.base_model_path).is_dir() else manifest.base_model
