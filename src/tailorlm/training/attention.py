@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 ATTENTION = "tailorlm_packed_sdpa"
+_SDPA_GQA = "enable_gqa" in (F.scaled_dot_product_attention.__doc__ or "")  # torch 2.5 and later
 _registered = False
 
 
@@ -29,17 +30,22 @@ def packed_sdpa(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
     groups = getattr(module, "num_key_value_groups", 1)
-    if groups > 1:  # (B, kv_heads, T, D) -> (B, heads, T, D)
+    gqa = {}
+    if groups > 1 and _SDPA_GQA:
+        gqa = {"enable_gqa": True}  # the kernel reads each key-value head for its group: no repeated copies to keep
+    elif groups > 1:  # (B, kv_heads, T, D) -> (B, heads, T, D)
         key = key.repeat_interleave(groups, dim=1)
         value = value.repeat_interleave(groups, dim=1)
-    output = torch.empty_like(query)  # (B, heads, T, D)
+    batch, heads, width, dim = query.shape
+    output = query.new_empty(batch, width, heads, dim)  # (B, T, heads, D): the layout the caller wants, no copy after
+    heads_first = output.transpose(1, 2)  # (B, heads, T, D) view of it
     for row, (starts, ends) in enumerate(_spans(position_ids)):
         for start, end in zip(starts, ends):
-            output[row:row + 1, :, start:end] = F.scaled_dot_product_attention(
+            heads_first[row:row + 1, :, start:end] = F.scaled_dot_product_attention(
                 query[row:row + 1, :, start:end], key[row:row + 1, :, start:end], value[row:row + 1, :, start:end],
-                dropout_p=dropout if module.training else 0.0, scale=scaling, is_causal=True,
+                dropout_p=dropout if module.training else 0.0, scale=scaling, is_causal=True, **gqa,
             )
-    return output.transpose(1, 2).contiguous(), None
+    return output, None
 
 
 def _spans(position_ids: torch.Tensor) -> list[tuple[list[int], list[int]]]:

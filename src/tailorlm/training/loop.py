@@ -76,6 +76,8 @@ def train(config: RunConfig, *, resume: bool = False, overwrite: bool = False,
     loss_module = LossModule(model, objective=config.objective, chunk_size=settings.loss_chunk_size)
     step_module = wrap(loss_module, world, run.device.type, fsdp=settings.fsdp)  # before the optimizer: FSDP
     optimizer = build_optimizer(model, lr=settings.lr, weight_decay=settings.weight_decay, device_type=run.device.type)
+    if world.size == 1:
+        _allocate_gradients(model)
     plan = run.plan
     total_steps = settings.max_steps or max(1, math.ceil(settings.epochs * plan.steps_per_epoch(settings.grad_accum)))
     warmup = settings.warmup_steps if settings.warmup_steps is not None else int(settings.warmup_ratio * total_steps)
@@ -193,13 +195,25 @@ def _optimizer_step(step_module, model, optimizer, scheduler, batches, world: Wo
     lr = optimizer.param_groups[0]["lr"]
     optimizer.step()
     scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
+    optimizer.zero_grad(set_to_none=world.size > 1)  # one process keeps its gradient buffers (_allocate_gradients)
     (loss_sum,) = all_reduce_sum([loss_sum], world)
     record = {"loss": loss_sum / total, "lr": lr, "trained_tokens": total, "step_tokens": input_tokens,
               "input_tokens": input_tokens}
     if grad_norm is not None:
         record["grad_norm"] = grad_norm
     return record
+
+
+def _allocate_gradients(model: torch.nn.Module) -> None:
+    """Give every trainable parameter its gradient buffer now, before any activation exists, to be zeroed in place.
+
+    Buffers first allocated inside the first backward land between that pass's activations and stay there, so the
+    allocator cannot hand the next forward those holes whole: on SmolLM2-135M with LoRA that left about 180 MB more
+    resident memory from the second micro-batch on (bench/README.md).
+    """
+    for parameter in model.parameters():
+        if parameter.requires_grad and parameter.grad is None:
+            parameter.grad = torch.zeros_like(parameter)
 
 
 def _rank_pieces(batches: list[tuple[dict[str, torch.Tensor], int]], rank: int, size: int,

@@ -16,6 +16,7 @@ from tailorlm.errors import ConfigError, DataError
 from tailorlm.strategies.adapters import apply_method, count_parameters
 from tailorlm.strategies.base import Manifest, file_sha256, library_versions, save_specialist
 from tailorlm.training.attention import restore_attention, use_packed_attention
+from tailorlm.training.fused import restore_layers, use_lean_layers
 from tailorlm.training.batches import BatchPlan
 from tailorlm.training.checkpoint import list_checkpoints
 from tailorlm.training.config import PROMPT_METHODS, RunConfig, TrainSettings
@@ -65,6 +66,7 @@ class Prepared:
         if not (world.main or fsdp_root is not None):
             return
         restore_attention(unwrap_model(self.model))  # the saved model uses plain SDPA, like any other
+        restore_layers(self.model)
         if state.best_step is not None and state.best_step != state.step:
             load_trainable(self.model, checkpoint_dir(self.output, state.best_step) / "trainable.safetensors")
         weights = gather_model(self.model) if fsdp_root is not None else None
@@ -153,6 +155,7 @@ def prepare(config: RunConfig, *, resume: bool, overwrite: bool, console: Consol
     packing = settings.packing and config.objective in ("pretrain", "sft") and config.method not in PROMPT_METHODS
     if packing:
         use_packed_attention(model)  # per-example causal attention instead of a block-diagonal mask over each row
+    use_lean_layers(model)  # RMSNorm and SwiGLU that keep fewer tensors for the backward
     model = apply_method(model, config, model_path=model_path)
     if settings.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
