@@ -19,6 +19,8 @@ VERBS: dict[str, tuple[str, str]] = {
     "data": ("tailorlm.commands.data", "Check data before training: lengths, masks, overlap, PII."),
     "estimate": ("tailorlm.commands.estimate", "Estimate parameters, memory and time of a training run."),
     "train": ("tailorlm.commands.train", "Pre-train or fine-tune with one loop, any objective and method."),
+    "pretrain": ("tailorlm.commands.pretrain",
+                 "Pre-train a small transformer from scratch, or continue pre-training a model."),
     "rag": ("tailorlm.commands.rag", "Index documents, search them, answer with citations, evaluate retrieval."),
     "tokenizer": ("tailorlm.commands.tokenizer", "Train a domain tokenizer or extend a model's tokenizer with domain words."),
     "inspect": ("tailorlm.commands.inspect", "See tokens, attention maps and embedding neighbours of a model."),

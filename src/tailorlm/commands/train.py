@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import Any
 
 import yaml
 
@@ -27,13 +28,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="processes for data-parallel training (torchrun; DDP, or FSDP with --set train.fsdp=true)")
 
 
-def run(args: argparse.Namespace) -> int:
-    from tailorlm.errors import ConfigError
+def resolve(args: argparse.Namespace) -> Any:
+    """The run's settings (a RunConfig): the recipe, then the flags over it."""
     from tailorlm.training.config import resolve_config
 
     values = {"model": args.model, "data": args.data, "method": args.method, "objective": args.objective,
               "output": args.output, "train.max_steps": args.max_steps, "train.epochs": args.epochs}
-    config = resolve_config(args.recipe, values=values, overrides=args.set)
+    return resolve_config(args.recipe, values=values, overrides=args.set)
+
+
+def run(args: argparse.Namespace) -> int:
+    from tailorlm.errors import ConfigError
+
+    config = resolve(args)
     if args.nproc < 1:
         raise ConfigError("--nproc must be at least 1", key="nproc", found=str(args.nproc))
     if args.resume and args.overwrite:
@@ -47,6 +54,12 @@ def run(args: argparse.Namespace) -> int:
     if int(os.environ.get("RANK", "0")) == 0:
         print("# resolved settings\n" + yaml.safe_dump(config.to_dict(), sort_keys=False), file=sys.stderr)
     if args.dry_run:
+        if isinstance(config.model, dict):  # a model built from its config: what it is, before anything runs
+            from pathlib import Path
+
+            from tailorlm.models.build import summary
+
+            print(summary(config.model, base_dir=Path(config.base_dir), where=config.source), file=sys.stderr)
         return 0
     from tailorlm.training.loop import train
 

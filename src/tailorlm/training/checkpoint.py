@@ -40,6 +40,11 @@ class TrainState:
     evals_without_improvement: int = 0
     elapsed_seconds: float = 0.0
     history: list[dict[str, Any]] = field(default_factory=list)
+    stream: dict[str, Any] | None = None
+    """For a run streamed from a token cache: which cache, block length and block range (epoch and batch_index
+    are the position in it); a resume refuses a different stream. None for examples held in memory."""
+    perplexity_before: dict[str, float] | None = None
+    """The forgetting check's perplexities before the first step, kept so that a resumed run reports them."""
 
 
 def checkpoint_dir(output: Path, step: int) -> Path:

@@ -28,6 +28,8 @@ DEFAULT_LR = {
     "full": 2e-5, "freeze": 5e-5, "lora": 2e-4, "dora": 2e-4, "ia3": 3e-3,
     "prompt_tuning": 3e-2, "p_tuning": 1e-3, "prefix_tuning": 1e-2,
 }
+# A small model trained from random weights wants a far larger rate than fine-tuning (nanoGPT uses 1e-3 at this size).
+DEFAULT_SCRATCH_LR = 1e-3
 
 
 @dataclass
@@ -169,10 +171,53 @@ class TrainSettings:
 
 
 @dataclass
+class SampleSettings:
+    """Text that `tailor pretrain` generates from the trained model at the end, to see what it learned."""
+
+    prompts: list[str] = field(default_factory=lambda: ["The"])
+    max_new_tokens: int = 64
+    temperature: float = 0.8
+    """0 is greedy; a little randomness shows more of what a small model learned than its most likely loop."""
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ConfigError("must be at least 1", key="samples.max_new_tokens", found=str(self.max_new_tokens))
+        if self.temperature < 0:
+            raise ConfigError("must be 0 (greedy) or more", key="samples.temperature", found=str(self.temperature))
+
+
+@dataclass
+class ForgettingSettings:
+    """Perplexity on a general text and a held-out domain text, before and after training (continued pre-training
+    can make a model forget what it knew)."""
+
+    general: str | dict[str, Any] | None = None
+    """General text the model should keep: a text file, or a data mapping like `data:` (train, format, columns)."""
+    domain: str | dict[str, Any] = "eval"
+    """Held-out domain text: `eval` (the run's eval split), a text file or a data mapping."""
+    max_tokens: int = 8192
+    """Tokens of each text that are scored (the first ones), so the check costs seconds, not minutes."""
+    margin: float = 0.10
+    """Flag forgetting when the general perplexity rises by more than this share."""
+
+    def __post_init__(self) -> None:
+        if self.general in (None, ""):
+            raise ConfigError("missing setting", key="forgetting.general",
+                              expected="a general text the model should not forget, e.g. a text file of Shakespeare")
+        if self.max_tokens < 2:
+            raise ConfigError("must be at least 2", key="forgetting.max_tokens", found=str(self.max_tokens))
+        if self.margin < 0:
+            raise ConfigError("must be 0 or more", key="forgetting.margin", found=str(self.margin),
+                              expected="a share such as 0.1 (10%)")
+
+
+@dataclass
 class RunConfig:
     """Everything one `tailor train` run needs."""
 
-    model: str
+    model: str | dict[str, Any]
+    """A model reference, or a mapping that builds a new model from scratch (models/build.py)."""
     objective: Literal["pretrain", "sft", "classify", "seq2seq"]
     method: Literal["full", "freeze", "lora", "dora", "ia3", "prompt_tuning", "p_tuning", "prefix_tuning"]
     data: dict[str, Any]
@@ -183,6 +228,8 @@ class RunConfig:
     prompt: PromptSettings = field(default_factory=PromptSettings)
     freeze: FreezeSettings = field(default_factory=FreezeSettings)
     train: TrainSettings = field(default_factory=TrainSettings)
+    samples: SampleSettings = field(default_factory=SampleSettings)
+    forgetting: ForgettingSettings | None = None
     source: str = "<command line>"
     base_dir: str = "."
 
@@ -197,8 +244,41 @@ class RunConfig:
         if self.method == "freeze" and not (self.freeze.modules or self.freeze.last_n_layers):
             raise ConfigError("freeze needs modules to train", where=self.source, key="freeze",
                               expected="freeze.modules (name substrings) or freeze.last_n_layers")
+        if isinstance(self.model, dict):
+            self._check_scratch_model()
+        if self.forgetting is not None and self.objective not in ("pretrain", "sft"):
+            raise ConfigError("the forgetting check measures a language model's perplexity", where=self.source,
+                              key="forgetting", found=f"objective {self.objective}", expected="objective pretrain or sft")
+        if self.forgetting is not None and self.train.fsdp:
+            raise ConfigError("the forgetting check needs the whole model in each process", where=self.source,
+                              key="forgetting", found="train.fsdp: true", expected="DDP or one process")
         if self.train.lr is None:
-            self.train.lr = DEFAULT_LR[self.method]
+            self.train.lr = DEFAULT_SCRATCH_LR if isinstance(self.model, dict) else DEFAULT_LR[self.method]
+
+    def _check_scratch_model(self) -> None:
+        """A model built from a config starts from random weights: only pre-training all of them makes sense."""
+        from tailorlm.models.build import model_spec
+
+        spec = model_spec(self.model, where=self.source)
+        if self.objective != "pretrain" or self.method != "full":
+            wrong = "objective" if self.objective != "pretrain" else "method"
+            raise ConfigError(
+                "a model built from a config has random weights, so it can only be pre-trained, all of it",
+                where=self.source, key=wrong, found=f"objective {self.objective}, method {self.method}",
+                expected="objective: pretrain and method: full",
+                hint="Pre-train it first (tailor pretrain), then fine-tune the result by naming its folder as model")
+        if self.train.max_length > spec.context_length:
+            raise ConfigError("max_length is longer than the model's context", where=self.source,
+                              key="train.max_length", found=str(self.train.max_length),
+                              expected=f"at most model.context_length ({spec.context_length})")
+        self.model = spec.to_dict()
+
+    @property
+    def model_name(self) -> str:
+        """The model as one short phrase for messages and the manifest."""
+        if isinstance(self.model, dict):
+            return f"new {self.model['architecture']} ({self.model['layers']} layers, hidden {self.model['hidden_size']})"
+        return self.model
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved settings as plain data (saved in the manifest, printed before a run)."""
@@ -208,6 +288,8 @@ class RunConfig:
 
 
 TOP_KEYS = [f.name for f in dataclasses.fields(RunConfig) if f.name not in ("source", "base_dir")]
+# Settings that change what a run reports but not what it trains, so a run may resume with others.
+REPORT_ONLY_KEYS = ("samples",)
 
 
 def resolve_config(recipe: str | Path | None = None, *, values: dict[str, Any] | None = None,
@@ -238,7 +320,8 @@ def _plain(text: str) -> bool:
 
 
 _EXPECTED = {
-    "model": "a model reference (smollm2-135m-instruct, minilm-l6, a folder or a .gguf file)",
+    "model": "a model reference (smollm2-135m-instruct, minilm-l6, a folder or a .gguf file), or a mapping that "
+             "builds a new model (architecture, layers, heads, hidden_size, ...)",
     "objective": "one of " + ", ".join(OBJECTIVES),
     "method": "one of " + ", ".join(METHODS),
     "data": "a data file, or a mapping with train (and optionally eval, test) files",

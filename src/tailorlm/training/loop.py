@@ -52,6 +52,8 @@ class RunResult:
     tokens_per_second: float = 0.0
     peak_memory_mb: float = 0.0
     seconds: float = 0.0
+    forgetting: dict[str, Any] | None = None
+    """The forgetting check's perplexities before and after (training/perplexity.py), when the recipe has one."""
 
 
 def train(config: RunConfig, *, resume: bool = False, overwrite: bool = False,
@@ -88,6 +90,16 @@ def train(config: RunConfig, *, resume: bool = False, overwrite: bool = False,
         checkpoints = list_checkpoints(run.output)
         state = load_checkpoint(checkpoints[-1], model, optimizer, scheduler)
         console.print(f"resumed from {checkpoints[-1]} (step {state.step})")
+        try:
+            _check_stream(state, plan, checkpoints[-1])
+        except ConfigError:
+            shutdown(world)
+            raise
+    state.stream = plan.position()
+    if run.forgetting is not None and state.perplexity_before is None and world.main:
+        # Measured before the first step; a resumed run keeps the numbers its checkpoint saved.
+        console.print("measuring perplexity on the forgetting check's texts before training")
+        state.perplexity_before = run.forgetting.measure(model, chunk_size=settings.loss_chunk_size)
     tracker = Tracker(run.output, total_steps=total_steps, start_step=state.step, tensorboard=settings.tensorboard,
                       mlflow=settings.mlflow, run_name=run.output.name, console=console, enabled=world.main)
     stop = _InterruptFlag()
@@ -152,7 +164,7 @@ def train(config: RunConfig, *, resume: bool = False, overwrite: bool = False,
     result.tokens_per_second = state.tokens_seen / max(state.elapsed_seconds, 1e-9)
     result.peak_memory_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if not result.interrupted:
-        run.save_specialist(state, result, world, fsdp_root=loss_module if settings.fsdp else None)
+        run.save_specialist(state, result, world, fsdp_root=loss_module if settings.fsdp else None, console=console)
     elif result.interrupted and world.main:
         console.print(f"interrupted at step {state.step}; checkpoint saved in {list_checkpoints(run.output)[-1]}. "
                       "To continue, run the same command with --resume.")
@@ -287,6 +299,16 @@ def _evaluate(loss_module: LossModule, model, run: Prepared, state: TrainState, 
     state.history.append(record)
     tracker.log(record)
     return improved
+
+
+def _check_stream(state: TrainState, plan, checkpoint: Path) -> None:
+    """Refuse to resume a streamed run on another token stream: the saved position would point elsewhere."""
+    wanted = plan.position()
+    if state.stream != wanted:
+        raise ConfigError("the checkpoint was made on another token stream", where=str(checkpoint),
+                          found=f"{state.stream}", expected=f"{wanted}",
+                          hint="The corpus, tokenizer, max_length or batch size changed since it was saved; set them "
+                               "back, or start a new run (another --output, or --overwrite)")
 
 
 def _seed_everything(seed: int) -> None:

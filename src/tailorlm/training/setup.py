@@ -17,13 +17,14 @@ from tailorlm.strategies.adapters import apply_method, count_parameters
 from tailorlm.strategies.base import Manifest, file_sha256, library_versions, save_specialist
 from tailorlm.training.attention import restore_attention, use_packed_attention
 from tailorlm.training.fused import restore_layers, use_lean_layers
-from tailorlm.training.batches import BatchPlan
+from tailorlm.training.batches import BatchPlan, StreamPlan
 from tailorlm.training.checkpoint import list_checkpoints
-from tailorlm.training.config import PROMPT_METHODS, RunConfig, TrainSettings
+from tailorlm.training.config import PROMPT_METHODS, REPORT_ONLY_KEYS, RunConfig, TrainSettings
 from tailorlm.training.distributed import World, barrier
 from tailorlm.training.features import build_features
 from tailorlm.training.loss import unwrap_model
 from tailorlm.training.objectives import head_for
+from tailorlm.training.stream import stream_plans, streams as _streams
 
 RUN_FILE = "run.json"
 
@@ -40,13 +41,15 @@ class Prepared:
     tokenizer: Any
     model_path: str
     objective: str
-    plan: BatchPlan
-    eval_plan: BatchPlan | None
+    plan: BatchPlan | StreamPlan
+    eval_plan: BatchPlan | StreamPlan | None
     label_names: list[str] | None
     data_files: dict[str, dict[str, str]]
     trainable: int
     total: int
     template_added: bool
+    forgetting: Any = None
+    """A `perplexity.ForgettingCheck` when the recipe asks for one."""
 
     def autocast(self) -> Any:
         """bf16 autocast on GPU; nothing on CPU, where fp32 is the fast dtype."""
@@ -54,11 +57,12 @@ class Prepared:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def save_specialist(self, state: Any, result: Any, world: World = World(), fsdp_root: Any = None) -> None:
+    def save_specialist(self, state: Any, result: Any, world: World = World(), fsdp_root: Any = None,
+                        console: Console | None = None) -> None:
         """Save the best checkpoint's weights (when evaluation picked one) or the last, with the manifest.
 
         The main process writes. Under FSDP (`fsdp_root` is the sharded loss module) every process must call this:
-        all of them take part in gathering the whole weights.
+        all of them take part in gathering the whole weights. A forgetting check measures the saved weights.
         """
         from tailorlm.training.checkpoint import checkpoint_dir, load_trainable
         from tailorlm.training.fsdp import gather_model, whole_root
@@ -75,8 +79,15 @@ class Prepared:
         if evals:
             best = next((h for h in evals if h["step"] == state.best_step), evals[-1])
             metrics["best"] = best
+        if self.forgetting is not None and state.perplexity_before is not None:
+            from tailorlm.training.perplexity import format_forgetting
+
+            after = self.forgetting.measure(self.model, chunk_size=self.config.train.loss_chunk_size)
+            metrics["forgetting"] = result.forgetting = self.forgetting.report(state.perplexity_before, after)
+            if world.main and console is not None:
+                console.print(format_forgetting(metrics["forgetting"]))
         manifest = Manifest(
-            base_model=self.config.model, base_model_path=self.model_path, strategy=self.config.method,
+            base_model=self.config.model_name, base_model_path=self.model_path, strategy=self.config.method,
             objective=self.objective, weights="adapter" if _is_peft(self.model) else "full",
             labels=self.label_names, config=self.config.to_dict(), data=self.data_files, steps=state.step,
             metrics=metrics, versions=library_versions(),
@@ -105,8 +116,7 @@ def prepare(config: RunConfig, *, resume: bool, overwrite: bool, console: Consol
     """
     from tailorlm.data.spec import DataSpec
     from tailorlm.data.templates import ensure_chat_template
-    from tailorlm.models.load import load_model, resolve_dtype
-    from tailorlm.models.hub import resolve
+    from tailorlm.models.load import resolve_dtype
 
     settings = config.train
     output = Path(config.output)
@@ -114,23 +124,26 @@ def prepare(config: RunConfig, *, resume: bool, overwrite: bool, console: Consol
     device = pick_device(settings, world)
     dtype = resolve_dtype(None if settings.dtype == "auto" else settings.dtype, device.type)
 
-    spec = DataSpec.from_dict(config.data, source=config.source, base_dir=Path(config.base_dir))
-    splits = spec.load()
-    train_examples = splits.get("train") or []
-    if not train_examples:
-        raise DataError("the training split is empty", where=config.source, key="data.train",
-                        expected="at least one example")
+    data = dict(config.data)
+    stream = data.pop("stream", None)
+    spec = DataSpec.from_dict(data, source=config.source, base_dir=Path(config.base_dir))
+    streaming = _streams(config, spec, stream)
+    train_examples: list = []
+    splits: dict[str, list] = {}
+    if not streaming:  # a streamed corpus is read by the token cache, never whole into memory
+        splits = spec.load()
+        train_examples = splits.get("train") or []
+        if not train_examples:
+            raise DataError("the training split is empty", where=config.source, key="data.train",
+                            expected="at least one example")
 
     label_names = config.labels
     if config.objective == "classify" and label_names is None:
         from tailorlm.training.features import _label_sort_key
 
         label_names = sorted({ex.label for ex in train_examples if hasattr(ex, "label")}, key=_label_sort_key)
-    model_path = str(resolve(config.model))
     # Weights stay fp32 for training; bf16 on GPU comes from autocast, which keeps fp32 master weights.
-    model, tokenizer = load_model(model_path, head=head_for(config.objective),
-                                  num_labels=len(label_names) if label_names else None, dtype=torch.float32,
-                                  device=str(device))
+    model, tokenizer, model_path = _model(config, label_names, device, console)
     _check_context(model, settings.max_length, config)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -143,16 +156,13 @@ def prepare(config: RunConfig, *, resume: bool, overwrite: bool, console: Consol
         model.config.id2label = dict(enumerate(label_names))
         model.config.label2id = {name: i for i, name in enumerate(label_names)}
 
-    features = build_features(config.objective, train_examples, tokenizer, max_length=settings.max_length,
-                              label_names=label_names, split="train")
-    if features.truncated:
-        console.print(f"[yellow]note:[/yellow] {features.truncated} training examples were truncated to "
-                      f"{settings.max_length} tokens")
-    eval_examples = splits.get("eval") or []
-    eval_features = build_features(config.objective, eval_examples, tokenizer, max_length=settings.max_length,
-                                   label_names=label_names, split="eval") if eval_examples else None
+    if streaming:
+        plan, eval_plan = stream_plans(config, spec, tokenizer, world)
+    else:
+        plan, eval_plan = _example_plans(config, splits, tokenizer, label_names, console)
+    forgetting = _forgetting_check(config, tokenizer, eval_plan) if config.forgetting is not None else None
 
-    packing = settings.packing and config.objective in ("pretrain", "sft") and config.method not in PROMPT_METHODS
+    packing = plan.packing
     if packing:
         use_packed_attention(model)  # per-example causal attention instead of a block-diagonal mask over each row
     use_lean_layers(model)  # RMSNorm and SwiGLU that keep fewer tensors for the backward
@@ -167,6 +177,53 @@ def prepare(config: RunConfig, *, resume: bool, overwrite: bool, console: Consol
         from tailorlm.training.loss import check_model
 
         check_model(model, packed=packing)  # two tiny probes: the chunked loss and packing are exact for this model
+    barrier(world)  # every process has checked the folder before the first one changes it
+    if world.main:
+        _claim_output(output, config, resume=resume, overwrite=overwrite, console=console)
+    rows = (f"{plan.num_rows:,} blocks of {settings.max_length} tokens streamed from {plan.cache.path}"
+            if streaming else f"{len(plan.items):,} training sequences")
+    console.print(f"model {config.model_name}: {trainable:,} of {total:,} parameters train ({config.method}); "
+                  f"{rows}, {plan.steps_per_epoch(settings.grad_accum):,} "
+                  f"steps per epoch{'; packed ' + format(plan.efficiency, '.0%') + ' full' if packing else ''}")
+    return Prepared(config=config, output=output, device=device, dtype=dtype, model=model, tokenizer=tokenizer,
+                    model_path=model_path, objective=config.objective, plan=plan, eval_plan=eval_plan,
+                    label_names=label_names, data_files=_fingerprints(spec), trainable=trainable,
+                    total=total, template_added=template_added, forgetting=forgetting)
+
+
+def _model(config: RunConfig, label_names: list[str] | None, device: torch.device,
+           console: Console) -> tuple[Any, Any, str]:
+    """(model, tokenizer, folder it came from): a model reference loaded, or a new model built from its config."""
+    from tailorlm.models.hub import resolve
+    from tailorlm.models.load import load_model
+
+    if isinstance(config.model, dict):
+        from tailorlm.models.build import build_model, describe, load_spec_tokenizer, model_spec
+
+        spec = model_spec(config.model, where=config.source)
+        tokenizer = load_spec_tokenizer(spec, base_dir=Path(config.base_dir))
+        console.print(describe(spec, tokenizer))
+        return build_model(spec, tokenizer, seed=config.train.seed).to(device), tokenizer, ""
+    model_path = str(resolve(config.model))
+    model, tokenizer = load_model(model_path, head=head_for(config.objective),
+                                  num_labels=len(label_names) if label_names else None, dtype=torch.float32,
+                                  device=str(device))
+    return model, tokenizer, model_path
+
+
+def _example_plans(config: RunConfig, splits: dict[str, list], tokenizer: Any, label_names: list[str] | None,
+                   console: Console) -> tuple[BatchPlan, BatchPlan | None]:
+    """Tokenize the examples of train and eval in memory and plan their batches (packed for causal objectives)."""
+    settings = config.train
+    features = build_features(config.objective, splits["train"], tokenizer, max_length=settings.max_length,
+                              label_names=label_names, split="train")
+    if features.truncated:
+        console.print(f"[yellow]note:[/yellow] {features.truncated} training examples were truncated to "
+                      f"{settings.max_length} tokens")
+    eval_examples = splits.get("eval") or []
+    eval_features = build_features(config.objective, eval_examples, tokenizer, max_length=settings.max_length,
+                                   label_names=label_names, split="eval") if eval_examples else None
+    packing = settings.packing and config.objective in ("pretrain", "sft") and config.method not in PROMPT_METHODS
     pad_id = tokenizer.pad_token_id
     plan = BatchPlan(features.items, objective=config.objective, batch_size=settings.batch_size,
                      max_length=settings.max_length, pad_id=pad_id, packing=packing,
@@ -176,16 +233,7 @@ def prepare(config: RunConfig, *, resume: bool, overwrite: bool, console: Consol
         eval_plan = BatchPlan(eval_features.items, objective=config.objective, batch_size=settings.batch_size,
                               max_length=settings.max_length, pad_id=pad_id, packing=packing,
                               group_by_length=True, seed=settings.seed, shuffle=False)
-    barrier(world)  # every process has checked the folder before the first one changes it
-    if world.main:
-        _claim_output(output, config, resume=resume, overwrite=overwrite, console=console)
-    console.print(f"model {config.model}: {trainable:,} of {total:,} parameters train ({config.method}); "
-                  f"{len(features.items):,} training sequences, {plan.steps_per_epoch(settings.grad_accum):,} "
-                  f"steps per epoch{'; packed ' + format(plan.efficiency, '.0%') + ' full' if packing else ''}")
-    return Prepared(config=config, output=output, device=device, dtype=dtype, model=model, tokenizer=tokenizer,
-                    model_path=model_path, objective=config.objective, plan=plan, eval_plan=eval_plan,
-                    label_names=label_names, data_files=_fingerprints(spec), trainable=trainable,
-                    total=total, template_added=template_added)
+    return plan, eval_plan
 
 
 def _check_output(output: Path, config: RunConfig, *, resume: bool, overwrite: bool) -> None:
@@ -236,8 +284,15 @@ def _identity(config: RunConfig) -> dict[str, Any]:
     """
     data = config.to_dict()
     data.pop("output")
+    for key in REPORT_ONLY_KEYS:
+        data.pop(key)
+    if data.get("forgetting") is None:  # runs made before the check existed have no such key
+        data.pop("forgetting", None)
     base = Path(config.base_dir)
-    data["model"] = _absolute(data["model"], base)
+    if isinstance(data["model"], dict):
+        data["model"] = {**data["model"], "tokenizer": _absolute(data["model"]["tokenizer"], base)}
+    else:
+        data["model"] = _absolute(data["model"], base)
     data["data"] = dict(data["data"])
     for split in ("train", "eval", "test"):
         value = data["data"].get(split)
@@ -275,7 +330,7 @@ def _check_context(model: Any, max_length: int, config: RunConfig) -> None:
     limit = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
     if limit and max_length > limit:
         raise ConfigError("max_length is longer than the model's context", where=config.source, key="train.max_length",
-                          found=str(max_length), expected=f"at most {limit} tokens for {config.model}")
+                          found=str(max_length), expected=f"at most {limit} tokens for {config.model_name}")
 
 
 def _fingerprints(spec: Any) -> dict[str, dict[str, str]]:
@@ -293,3 +348,32 @@ def _fingerprints(spec: Any) -> dict[str, dict[str, str]]:
 
 def _is_peft(model: Any) -> bool:
     return hasattr(model, "peft_config")
+
+
+def _forgetting_check(config: RunConfig, tokenizer: Any, eval_plan: Any) -> Any:
+    """Tokenize the general and domain texts of the forgetting check once, before any training."""
+    from tailorlm.training.perplexity import ForgettingCheck, text_tokens
+
+    settings = config.forgetting
+    base = Path(config.base_dir)
+    texts, labels = {}, {}
+    for name in ("general", "domain"):
+        source = getattr(settings, name)
+        if source == "eval":
+            if eval_plan is None:
+                raise ConfigError("the forgetting check's domain text is the eval split, and this run has none",
+                                  where=config.source, key="forgetting.domain",
+                                  expected="an eval split (data.eval or data.split.eval), or a held-out text file")
+            texts[name], labels[name] = eval_plan.tokens(settings.max_tokens), "eval split"
+        else:
+            texts[name] = text_tokens(source, tokenizer, max_tokens=settings.max_tokens, where=config.source,
+                                      base_dir=base, key=f"forgetting.{name}")
+            labels[name] = _text_label(source)
+    return ForgettingCheck(texts=texts, window=config.train.max_length, margin=settings.margin, labels=labels)
+
+
+def _text_label(source: Any) -> str:
+    """A short name of a text source for the printed table: the first file's name."""
+    first = source if isinstance(source, str) else source.get("train")
+    first = first[0] if isinstance(first, list) and first else first
+    return Path(str(first)).name if first else "text"
