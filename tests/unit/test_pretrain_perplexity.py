@@ -50,6 +50,22 @@ def test_perplexity_is_exp_of_the_mean_token_nll_over_windows_that_overlap_by_on
     assert model.training is False
 
 
+def test_a_model_prepared_for_packed_training_measures_the_same(tiny_llama_dir):
+    """Several windows per batch, on a model switched to packed attention (as the loop has it before training)."""
+    from transformers import AutoModelForCausalLM
+
+    from tailorlm.training.attention import ATTENTION, use_packed_attention
+
+    plain = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval()
+    packed = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval()
+    assert use_packed_attention(packed)
+    ids = torch.randint(0, plain.config.vocab_size, (200,), generator=torch.Generator().manual_seed(1)).tolist()
+    expected = perplexity(plain, ids, window=32, batch_size=4)
+    measured = perplexity(packed, ids, window=32, batch_size=4)
+    assert measured.nll == pytest.approx(expected.nll, rel=1e-6)
+    assert packed.config._attn_implementation == ATTENTION  # switched back for training
+
+
 def test_a_uniform_model_has_the_vocabulary_size_as_perplexity(model):
     import copy
 

@@ -7,10 +7,11 @@ differ only by what training changed.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -58,13 +59,32 @@ def perplexity(model: Any, tokens: Sequence[int] | np.ndarray, *, window: int, b
     model.eval()
     nll, count = 0.0, 0
     try:
-        for group in groups:
-            rows = torch.stack([ids[s:s + window] for s in group]).to(device)  # (B, T)
-            loss, n = causal_lm_loss(model, {"input_ids": rows, "labels": rows}, chunk_size=chunk_size)
-            nll, count = nll + float(loss), count + int(n)
+        with _plain_attention(model):
+            for group in groups:
+                rows = torch.stack([ids[s:s + window] for s in group]).to(device)  # (B, T)
+                loss, n = causal_lm_loss(model, {"input_ids": rows, "labels": rows}, chunk_size=chunk_size)
+                nll, count = nll + float(loss), count + int(n)
     finally:
         model.train(training)
     return Perplexity(nll, count)
+
+
+@contextlib.contextmanager
+def _plain_attention(model: Any) -> Iterator[None]:
+    """Plain SDPA while measuring a model that trains with packed attention (training/attention.py), which reads
+    example spans from per-row position ids that these unpacked rows do not carry."""
+    from tailorlm.training.attention import ATTENTION, restore_attention, use_packed_attention
+    from tailorlm.training.loss import unwrap_model
+
+    core = unwrap_model(model)
+    packed = getattr(core.config, "_attn_implementation", None) == ATTENTION
+    if packed:
+        restore_attention(core)
+    try:
+        yield
+    finally:
+        if packed:
+            use_packed_attention(core)
 
 
 def text_tokens(source: str | Mapping[str, Any], tokenizer: Any, *, max_tokens: int, where: str, base_dir: Path,
