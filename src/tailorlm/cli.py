@@ -24,6 +24,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "rag": ("tailorlm.commands.rag", "Index documents, search them, answer with citations, evaluate retrieval."),
     "tokenizer": ("tailorlm.commands.tokenizer", "Train a domain tokenizer or extend a model's tokenizer with domain words."),
     "inspect": ("tailorlm.commands.inspect", "See tokens, attention maps and embedding neighbours of a model."),
+    "eval": ("tailorlm.commands.eval", "Evaluate a specialist or model on a task: metric with 95% CI, latency, predictions."),
 }
 
 

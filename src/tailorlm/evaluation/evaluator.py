@@ -1,0 +1,636 @@
+"""Measure one specialist (or model) on one split of a task: metric with a bootstrap CI, latency, predictions.
+
+How an answer is obtained depends on the target and the answer form:
+
+- label tasks on a causal model: constrained choice (each label word's summed token log-probability after the
+  rendered prompt; the best word wins, no parsing needed) and free generation read by a tolerant parser, reported
+  beside it in `extra["generate"]`;
+- classification-head specialists (`objective: classify`): the argmax of the head over the specialist's labels;
+- text, span, number and code tasks: batched greedy generation, parsed per answer form (code runs its tests in the
+  sandbox);
+- the `perplexity` metric: the reference answer's token log-likelihood after the prompt.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol, Sequence
+
+from tailorlm.errors import ConfigError, DataError, ModelError
+from tailorlm.tasks.task import Task, TaskExample
+
+SCORINGS: tuple[str, ...] = ("auto", "choice", "generate", "head", "perplexity")
+DEFAULT_MAX_NEW_TOKENS: dict[str, int] = {"label": 8, "number": 256, "code": 384, "text": 64, "span": 64}
+METRICS_FILE, PREDICTIONS_FILE = "metrics.json", "predictions.jsonl"
+
+
+class Predictor(Protocol):
+    """Anything that renders a task's example as chat messages and holds the model that answers them."""
+
+    model: Any
+    tokenizer: Any
+
+    def messages(self, task: Task, example: TaskExample) -> list[dict[str, str]]: ...
+
+
+@dataclass
+class EvalResult:
+    """What `evaluate` measured; `to_dict` is the content of metrics.json."""
+
+    metric: str
+    score: float
+    ci: tuple[float, float]
+    examples: int
+    scoring: str
+    """How the primary predictions were made: choice, generate, head or perplexity."""
+    seconds_per_example: float
+    tokens_per_second: float
+    """Generated tokens per second (tokens scored per second when nothing was generated)."""
+    predictions: list[dict[str, Any]] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+    split: str = "test"
+    target: str = ""
+    task: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The metrics.json record (everything but the predictions)."""
+        return {"metric": self.metric, "score": self.score, "ci_low": self.ci[0], "ci_high": self.ci[1],
+                "examples": self.examples, "scoring": self.scoring, "seconds_per_example": self.seconds_per_example,
+                "tokens_per_second": self.tokens_per_second, "split": self.split, "target": self.target,
+                "task": self.task, "extra": self.extra}
+
+
+@dataclass
+class Loaded:
+    """A target ready to answer: its model, how it renders an example, and which way it answers."""
+
+    name: str
+    model: Any
+    tokenizer: Any
+    messages: Callable[[Task, TaskExample], list[dict[str, str]]]
+    kind: str = "lm"
+    """'lm' (a causal model), 'rag' (answers through retrieval) or 'head' (a classification head)."""
+    labels: list[str] | None = None
+    rag: Any = None
+
+
+def evaluate(target: str | Path | Predictor, task: Task, *, split: str = "test", limit: int | None = None,
+             output: str | Path | None = None, batch_size: int = 8, max_new_tokens: int | None = None,
+             scoring: str = "auto", progress: bool = True, examples: Sequence[TaskExample] | None = None) -> EvalResult:
+    """Score `target` (a model reference, a specialist folder or a Predictor) on `split` of `task` (or on `examples`).
+
+    Writes `output/metrics.json` and `output/predictions.jsonl` when `output` is given.
+    """
+    from tailorlm.tasks.metrics import check_metric
+
+    check_metric(task.metric, task.answer, where=f"{task.source} (task.metric)")
+    if scoring not in SCORINGS:
+        raise ConfigError("unknown scoring", key="scoring", found=repr(scoring), expected="one of " + ", ".join(SCORINGS))
+    if batch_size < 1:
+        raise ConfigError("the batch size must be at least 1", key="batch_size", found=str(batch_size))
+    if limit is not None and limit < 1:
+        raise ConfigError("the limit must be at least 1", key="limit", found=str(limit))
+    chosen = list(examples) if examples is not None else task.examples(split)
+    chosen = chosen[:limit] if limit is not None else chosen
+    if not chosen:
+        raise DataError(f"no examples to evaluate in the {split} split", where=task.source, key=f"data.{split}")
+    loaded = load_target(target, progress=progress)
+    try:
+        both = scoring == "auto"  # label tasks: constrained choice, and free generation beside it
+        scoring = _primary(scoring, task, loaded)
+        new_tokens = max_new_tokens or DEFAULT_MAX_NEW_TOKENS[task.answer]
+        with _bar(progress) as bar:
+            result = _run(loaded, task, chosen, scoring=scoring, batch_size=batch_size, max_new_tokens=new_tokens,
+                          bar=bar, both=both)
+    finally:
+        if loaded.rag is not None:
+            loaded.rag.close()
+    result.split = split if examples is None else "given"
+    result.target, result.task = loaded.name, task.name
+    if output is not None:
+        write_result(result, output)
+    return result
+
+
+def load_target(target: str | Path | Predictor, *, progress: bool = True) -> Loaded:
+    """Load what `target` names: a Predictor as it is, a specialist folder by its manifest, or a model reference."""
+    from transformers.utils import logging
+
+    from tailorlm.strategies.base import MANIFEST
+
+    shown = logging.is_progress_bar_enabled()
+    if not progress:
+        logging.disable_progress_bar()  # transformers' own weight-loading bar
+    try:
+        if not isinstance(target, (str, Path)):
+            return _from_predictor(target)
+        folder = Path(target)
+        if (folder / MANIFEST).is_file():
+            return _from_folder(folder)
+        from tailorlm.models.load import load_model
+
+        model, tokenizer = load_model(str(target), progress=progress)
+        return Loaded(str(target), model, tokenizer, lambda task, example: task.messages(example))
+    finally:
+        if shown:
+            logging.enable_progress_bar()
+
+
+def _from_predictor(predictor: Any) -> Loaded:
+    """A Predictor object; one without a loaded model (a PromptSpecialist) gets its base model loaded."""
+    if not callable(getattr(predictor, "messages", None)):
+        raise ConfigError("cannot evaluate this target", found=type(predictor).__name__,
+                          expected="a model reference, a specialist folder, or an object with messages(task, example)")
+    model, tokenizer = getattr(predictor, "model", None), getattr(predictor, "tokenizer", None)
+    if model is None or tokenizer is None:
+        base = getattr(predictor, "base_model_path", None) or getattr(predictor, "base_model", None)
+        if not base:
+            raise ConfigError("the predictor has no model", found=type(predictor).__name__,
+                              expected="an object with .model and .tokenizer, or with a base_model to load")
+        from tailorlm.models.load import load_model
+
+        model, tokenizer = load_model(str(base), progress=False)
+    name = str(getattr(predictor, "name", None) or getattr(predictor, "strategy", None) or type(predictor).__name__)
+    return Loaded(name, model, tokenizer, predictor.messages)
+
+
+def _from_folder(folder: Path) -> Loaded:
+    """A specialist folder, dispatched on its manifest: prompting, RAG, classification head, or trained weights."""
+    from tailorlm.strategies.base import load_specialist, read_manifest
+    from tailorlm.strategies.rag import RagSpecialist, is_rag_specialist
+
+    manifest = read_manifest(folder)
+    if is_rag_specialist(folder):
+        rag = RagSpecialist.load(folder)
+        return Loaded(str(folder), rag.model, rag.tokenizer, lambda task, example: task.messages(example), "rag", rag=rag)
+    if manifest.objective == "classify":
+        if not manifest.labels:
+            raise ModelError("the classifier's manifest names no labels", where=str(folder), key="labels",
+                             expected="the labels the head was trained on")
+        model, tokenizer, _ = load_specialist(folder)
+        return Loaded(str(folder), model, tokenizer, lambda task, example: task.messages(example), "head",
+                      labels=[str(label) for label in manifest.labels])
+    from tailorlm.strategies.prompting import PROMPT_STRATEGIES
+
+    if manifest.strategy in PROMPT_STRATEGIES and manifest.weights == "none":
+        from tailorlm.strategies.prompting import PromptSpecialist
+
+        prompt = PromptSpecialist.load(folder)
+        model, tokenizer, _ = load_specialist(folder)
+        return Loaded(str(folder), model, tokenizer, prompt.messages)
+    model, tokenizer, _ = load_specialist(folder)
+    return Loaded(str(folder), model, tokenizer, lambda task, example: task.messages(example))
+
+
+def _primary(scoring: str, task: Task, loaded: Loaded) -> str:
+    """The scoring that makes the primary predictions; ConfigError when it does not fit the task or the target."""
+    if task.metric == "perplexity":
+        wanted = "perplexity"
+    elif loaded.kind == "head":
+        wanted = "head"
+    elif scoring != "auto":
+        wanted = scoring
+    else:
+        wanted = "choice" if task.answer == "label" and loaded.kind == "lm" else "generate"
+    if scoring not in ("auto", wanted):
+        raise ConfigError(f"scoring {scoring!r} does not fit this evaluation", key="scoring", found=repr(scoring),
+                          expected=f"{wanted!r} (metric {task.metric}, {loaded.kind} target)")
+    if wanted == "choice" and task.answer != "label":
+        raise ConfigError("constrained choice needs a label task", key="scoring", found=f"answer {task.answer}",
+                          expected="answer: label, or scoring generate")
+    if wanted in ("choice", "perplexity") and loaded.kind != "lm":
+        raise ConfigError(f"{wanted} scoring needs the model's log-probabilities", key="scoring",
+                          found=f"a {loaded.kind} target", expected="a model reference or a trained specialist")
+    if wanted == "head" and task.answer != "label":
+        raise ConfigError("a classification head can only answer label tasks", where=loaded.name, key="task.answer",
+                          found=task.answer, expected="label")
+    return wanted
+
+
+
+def write_result(result: EvalResult, output: str | Path) -> Path:
+    """Write metrics.json and predictions.jsonl into `output`, each atomically (temp file + rename)."""
+    folder = Path(output)
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = "".join(json.dumps(p, ensure_ascii=False, default=str) + "\n" for p in result.predictions)
+    _write_atomic(folder / PREDICTIONS_FILE, lines)
+    _write_atomic(folder / METRICS_FILE, json.dumps(result.to_dict(), indent=1, ensure_ascii=False, default=str) + "\n")
+    return folder
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write `text` beside `path` and rename it over, so a reader never sees half a file."""
+    temp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        temp.write_text(text, encoding="utf-8")
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def _run(loaded: Loaded, task: Task, examples: list[TaskExample], *, scoring: str, batch_size: int,
+         max_new_tokens: int, bar: Any, both: bool) -> EvalResult:
+    """Make the primary predictions (and with `both`, after constrained choice, the generated ones beside them)."""
+    rows = [_row(example) for example in examples]
+    if scoring == "perplexity":
+        return _perplexity(loaded, task, examples, rows, batch_size, bar)
+    extra: dict[str, Any] = {}
+    if scoring == "head":
+        predictions, seconds, tokens = _head(loaded, task, examples, batch_size, bar)
+    elif scoring == "choice":
+        predictions, seconds, tokens, logprobs = _choice(loaded, task, examples, batch_size, bar)
+        for row, scores in zip(rows, logprobs):
+            row["logprobs"] = scores
+    else:
+        predictions, seconds, tokens = _generated(loaded, task, examples, rows, batch_size, max_new_tokens, bar)
+    if both and scoring == "choice":
+        generated, gen_seconds, gen_tokens = _generated(loaded, task, examples, rows, batch_size, max_new_tokens, bar,
+                                                        beside=True)
+        score, ci, _ = _scores(task, generated, examples)
+        extra["generate"] = {"metric": task.metric, "score": score, "ci_low": ci[0], "ci_high": ci[1],
+                             "parsed": sum(1 for p in generated if p) / len(generated),
+                             "seconds_per_example": gen_seconds / len(examples),
+                             "tokens_per_second": gen_tokens / gen_seconds if gen_seconds > 0 else 0.0}
+        tokens_per_second = extra["generate"]["tokens_per_second"]
+    else:
+        tokens_per_second = tokens / seconds if seconds > 0 else 0.0
+    if task.answer == "code":
+        from tailorlm.tasks.sandbox import score_code
+
+        verdicts = score_code(predictions, [example.tests or "" for example in examples])
+        for row, verdict in zip(rows, verdicts):
+            row["passed"], row["reason"] = verdict.passed, verdict.reason
+        score, ci, per_example = _scores(task, [verdict.flag for verdict in verdicts], examples, code=True)
+    else:
+        score, ci, per_example = _scores(task, predictions, examples)
+    for row, prediction, value in zip(rows, predictions, per_example):
+        row["prediction"], row["score"] = prediction, value
+    if task.answer == "label":
+        extra["per_class"] = _per_class(task, predictions, examples)
+    generation = scoring == "generate" or "generate" in extra
+    extra["max_new_tokens"] = max_new_tokens if generation else None
+    extra["tokens_counted"] = "generated" if generation else "scored"  # what tokens_per_second counts
+    return EvalResult(metric=task.metric, score=score, ci=ci, examples=len(examples), scoring=scoring,
+                      seconds_per_example=seconds / len(examples), tokens_per_second=tokens_per_second,
+                      predictions=rows, extra=extra)
+
+
+def _row(example: TaskExample) -> dict[str, Any]:
+    """The predictions.jsonl record of an example, before its prediction is known."""
+    row: dict[str, Any] = {"id": example.id, "input": example.input, "reference": example.references[0] if example.references else None,
+                           "references": list(example.references)}
+    if example.context:
+        row["context"] = example.context
+    if example.meta.get("origin"):
+        row["origin"] = example.meta["origin"]
+    return row
+
+
+def _scores(task: Task, predictions: list[str], examples: list[TaskExample], *,
+            code: bool = False) -> tuple[float, tuple[float, float], list[float]]:
+    """(corpus score, bootstrap 95% CI, per-example scores) of the task's metric; code predictions are pass flags."""
+    from tailorlm.tasks.metrics import bootstrap_ci, corpus_score, example_scores
+
+    references = [[] if code else list(example.references) for example in examples]
+    score = float(corpus_score(task.metric, predictions, references))
+    low, high = bootstrap_ci(task.metric, predictions, references)
+    return score, (float(low), float(high)), [float(v) for v in example_scores(task.metric, predictions, references)]
+
+
+def _per_class(task: Task, predictions: list[str], examples: list[TaskExample]) -> dict[str, dict[str, Any]]:
+    """For each label value: its word, how many examples have it, how many of them were right, how often it was said."""
+    table: dict[str, dict[str, Any]] = {}
+    for value, word in task.label_map().items():
+        truth = [p for p, e in zip(predictions, examples) if e.references[0] == value]
+        correct = sum(1 for p in truth if p == value)
+        table[value] = {"word": word, "support": len(truth), "correct": correct,
+                        "recall": correct / len(truth) if truth else None, "predicted": predictions.count(value)}
+    return table
+
+
+# -- the passes -------------------------------------------------------------------------------------------------------
+
+def _batches(items: list[Any], size: int) -> list[list[Any]]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def _prompts(loaded: Loaded, task: Task, examples: list[TaskExample]) -> list[str]:
+    """The exact prompt text of each example: its messages through the chat template, with the generation prompt."""
+    from tailorlm.models.generate import render_prompt
+
+    return [render_prompt(loaded.tokenizer, loaded.messages(task, example)) for example in examples]
+
+
+def _choice(loaded: Loaded, task: Task, examples: list[TaskExample], batch_size: int,
+            bar: Any) -> tuple[list[str], float, int, list[dict[str, float]]]:
+    """Constrained choice: the log-probability that the answer is each label word; the likeliest word's value wins.
+
+    A word's log-probability is its tokens' summed log-probabilities after the prompt; the word as written and
+    capitalised ("bearish", "Bearish") are two ways of saying it, so their probabilities add up.
+    """
+    import math
+
+    values, words = list(task.label_map()), task.label_words()
+    spellings = [list(dict.fromkeys((word, word[:1].upper() + word[1:]))) for word in words]
+    options = [loaded.tokenizer(s, add_special_tokens=False)["input_ids"] for group in spellings for s in group]
+    owner = [i for i, group in enumerate(spellings) for _ in group]
+    predictions, logprobs, tokens = [], [], 0
+    step = bar.add_task("constrained choice", total=len(examples))
+    start = time.perf_counter()
+    for batch in _batches(examples, batch_size):
+        prompt_ids = loaded.tokenizer(_prompts(loaded, task, batch), add_special_tokens=False)["input_ids"]
+        for ids, example in zip(prompt_ids, batch):
+            _check_length(loaded.model, len(ids) + max(map(len, options)), example)
+        table = option_logprobs(loaded.model, prompt_ids, options, pad_id=_pad_id(loaded.tokenizer))
+        tokens += sum(len(p) for p in prompt_ids) + len(batch) * sum(map(len, options))
+        for scores in table:
+            combined = [_logsumexp([v for v, o in zip(scores, owner) if o == i]) for i in range(len(words))]
+            best = max(range(len(words)), key=lambda j: combined[j])
+            predictions.append(values[best])
+            logprobs.append({word: value if math.isfinite(value) else -1e30 for word, value in zip(words, combined)})
+        bar.advance(step, len(batch))
+    return predictions, time.perf_counter() - start, tokens, logprobs
+
+
+def option_logprobs(model: Any, prompts: list[list[int]], options: list[list[int]], *, pad_id: int) -> list[list[float]]:
+    """For each prompt, the summed log-probability of each option's tokens after it.
+
+    The prompts run once (left-padded, their key-value cache kept); the options then run on that cache, all
+    options of all prompts in one batch. PEFT prompt-learning models, which manage their own cache, score each
+    (prompt, option) pair as one sequence instead.
+    """
+    import torch
+
+    if _prompt_learning(model):
+        pairs = [(p, o) for p in prompts for o in options]
+        flat = continuation_logprobs(model, [p for p, _ in pairs], [o for _, o in pairs], pad_id=pad_id)
+        return [flat[i * len(options):(i + 1) * len(options)] for i in range(len(prompts))]
+    width = max(map(len, prompts))
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        ids[row, width - len(prompt):], mask[row, width - len(prompt):] = torch.tensor(prompt), 1
+    device, n = model.device, len(options)
+    with torch.inference_mode():
+        out = model(input_ids=ids.to(device), attention_mask=mask.to(device),
+                    position_ids=(mask.cumsum(-1) - 1).clamp(min=0).to(device), use_cache=True, logits_to_keep=1)
+        first = out.logits[:, -1, :].float().log_softmax(-1)  # (B, V): every option's first token
+        scores = first[:, [option[0] for option in options]]  # (B, n)
+        rest = max(len(option) for option in options) - 1
+        if rest > 0:  # the options' later tokens, read after the cached prompt: (B * n, rest) continuation rows
+            cont = torch.full((len(prompts) * n, rest), pad_id, dtype=torch.long)
+            cont_mask = torch.zeros_like(cont)
+            for j, option in enumerate(options):
+                cont[j::n, :len(option) - 1], cont_mask[j::n, :len(option) - 1] = torch.tensor(option[:-1]), 1
+            cache, key = getattr(out, "cache", None), "cache"  # `past_key_values` before transformers 5.2x
+            if cache is None:
+                cache, key = out.past_key_values, "past_key_values"
+            cache.batch_repeat_interleave(n)
+            full_mask = torch.cat([mask.repeat_interleave(n, dim=0), cont_mask], dim=1)
+            positions = mask.sum(-1).repeat_interleave(n)[:, None] + torch.arange(rest)[None, :]
+            logits = model(input_ids=cont.to(device), attention_mask=full_mask.to(device),
+                           position_ids=positions.to(device), use_cache=True, **{key: cache}).logits
+            later = logits.float().log_softmax(-1)  # (B * n, rest, V)
+            for j, option in enumerate(options):
+                if len(option) > 1:
+                    target = torch.tensor(option[1:], device=later.device)
+                    picked = later[j::n, :len(option) - 1].gather(-1, target[None, :, None].expand(len(prompts), -1, 1))
+                    scores[:, j] += picked.squeeze(-1).sum(-1)
+    return scores.tolist()
+
+
+def _logsumexp(values: list[float]) -> float:
+    """log(sum(exp(v))) without overflow."""
+    import math
+
+    top = max(values)
+    return top + math.log(sum(math.exp(v - top) for v in values)) if math.isfinite(top) else top
+
+
+def continuation_logprobs(model: Any, prompts: list[list[int]], continuations: list[list[int]], *,
+                          pad_id: int) -> list[float]:
+    """For each (prompt, continuation) pair of token ids, the summed log-probability of the continuation after the
+    prompt: one forward pass over the left-padded batch, fp32 log-softmax over the last positions only."""
+    import torch
+
+    lengths = [len(p) + len(c) for p, c in zip(prompts, continuations)]
+    width, keep = max(lengths), max(len(c) for c in continuations) + 1
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, (prompt, continuation) in enumerate(zip(prompts, continuations)):
+        sequence = prompt + continuation
+        ids[row, width - len(sequence):] = torch.tensor(sequence, dtype=torch.long)
+        mask[row, width - len(sequence):] = 1
+    inputs: dict[str, Any] = {"input_ids": ids.to(model.device), "attention_mask": mask.to(model.device)}
+    if not _prompt_learning(model):  # positions count from each row's first real token, as without padding
+        inputs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0).to(model.device)
+    with torch.inference_mode():
+        try:
+            logits = model(**inputs, logits_to_keep=keep).logits
+        except TypeError:  # a model whose forward has no logits_to_keep
+            logits = model(**inputs).logits
+        logprobs = logits[:, -keep:, :].float().log_softmax(-1)  # (N, keep, V)
+    sums = []
+    for row, continuation in enumerate(continuations):
+        m = len(continuation)
+        target = torch.tensor(continuation, dtype=torch.long, device=logprobs.device)
+        sums.append(float(logprobs[row, keep - 1 - m:keep - 1].gather(-1, target[:, None]).sum()))
+    return sums
+
+
+def _generated(loaded: Loaded, task: Task, examples: list[TaskExample], rows: list[dict[str, Any]], batch_size: int,
+               max_new_tokens: int, bar: Any, *, beside: bool = False) -> tuple[list[str], float, int]:
+    """Greedy answers parsed for the answer form, with the time taken and the tokens generated.
+
+    Each row gets the raw text as `output`, and when `beside` (generation next to constrained choice) the parsed
+    answer as `generated`.
+    """
+    texts: list[tuple[str, int]] = []
+    step = bar.add_task("generation", total=len(examples))
+    start = time.perf_counter()
+    for batch in _batches(examples, 1 if loaded.kind == "rag" else batch_size):
+        if loaded.kind == "rag":
+            text = loaded.rag.generate(loaded.messages(task, batch[0]), max_new_tokens=max_new_tokens, with_sources=False)
+            texts.append((text, len(loaded.tokenizer(text, add_special_tokens=False)["input_ids"])))
+        else:
+            texts += greedy(loaded.model, loaded.tokenizer, _prompts(loaded, task, batch), max_new_tokens, batch)
+        bar.advance(step, len(batch))
+    seconds = time.perf_counter() - start
+    predictions = [_parse(task, example, text) for example, (text, _) in zip(examples, texts)]
+    for row, (text, _), prediction in zip(rows, texts, predictions):
+        row["output"] = text
+        if beside:
+            row["generated"] = prediction
+    return predictions, seconds, sum(n for _, n in texts)
+
+
+def greedy(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int,
+           examples: Sequence[TaskExample] = ()) -> list[tuple[str, int]]:
+    """Batched greedy generation with left padding: (new text, new tokens up to the first end token) per prompt."""
+    import torch
+
+    pad = _pad_id(tokenizer)
+    saved, tokenizer.padding_side = tokenizer.padding_side, "left"
+    try:
+        inputs = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    finally:
+        tokenizer.padding_side = saved
+    lengths = inputs["attention_mask"].sum(-1).tolist()
+    for length, example in zip(lengths, examples):
+        _check_length(model, int(length) + max_new_tokens, example)
+    stops = _stop_ids(model, tokenizer)
+    with torch.inference_mode():
+        output = model.generate(input_ids=inputs["input_ids"].to(model.device),
+                                attention_mask=inputs["attention_mask"].to(model.device), max_new_tokens=max_new_tokens,
+                                do_sample=False, temperature=None, top_p=None, top_k=None,
+                                eos_token_id=sorted(stops) or None, pad_token_id=pad)
+    results = []
+    for row in output[:, inputs["input_ids"].shape[1]:].tolist():
+        end = next((i + 1 for i, t in enumerate(row) if t in stops), len(row))
+        results.append((tokenizer.decode(row[:end], skip_special_tokens=True), end))
+    return results
+
+
+def _parse(task: Task, example: TaskExample, text: str) -> str:
+    """The answer in the generated text: a label value, a number, a program, or the text itself."""
+    if task.answer == "label":
+        from tailorlm.tasks.parsing import parse_label
+
+        return parse_label(text, task.label_map()) or ""
+    if task.answer == "number":
+        from tailorlm.tasks.parsing import parse_number
+
+        return parse_number(text) or ""
+    if task.answer == "code":
+        from tailorlm.tasks.parsing import extract_code
+
+        return extract_code(text, example.input, entry=example.meta.get("entry_point") or None)
+    return text.strip()
+
+
+def _head(loaded: Loaded, task: Task, examples: list[TaskExample], batch_size: int, bar: Any) -> tuple[list[str], float, int]:
+    """A classification head's argmax over the specialist's labels, for each example's input text."""
+    import torch
+
+    labels = loaded.labels or []
+    unknown = sorted(set(task.label_map()) - set(labels))
+    if unknown:
+        raise ModelError("the classifier was trained on other labels than the task's", where=loaded.name, key="labels",
+                         found="labels " + ", ".join(labels), expected="every task label, missing " + ", ".join(unknown))
+    limit = getattr(loaded.model.config, "max_position_embeddings", None) or 512
+    predictions, tokens = [], 0
+    step = bar.add_task("classification head", total=len(examples))
+    start = time.perf_counter()
+    for batch in _batches(examples, batch_size):
+        texts = [f"{e.context}\n\n{e.input}" if e.context else e.input for e in batch]
+        inputs = loaded.tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=limit)
+        with torch.inference_mode():
+            logits = loaded.model(**{k: v.to(loaded.model.device) for k, v in inputs.items()}).logits
+        predictions += [labels[i] for i in logits.argmax(-1).tolist()]
+        tokens += int(inputs["attention_mask"].sum())
+        bar.advance(step, len(batch))
+    return predictions, time.perf_counter() - start, tokens
+
+
+def _perplexity(loaded: Loaded, task: Task, examples: list[TaskExample], rows: list[dict[str, Any]], batch_size: int,
+                bar: Any) -> EvalResult:
+    """The reference answers' perplexity after each prompt: exp of the mean negative log-likelihood per token."""
+    import numpy as np
+
+    nll, counts = [], []
+    step = bar.add_task("perplexity", total=len(examples))
+    start = time.perf_counter()
+    for batch in _batches(examples, batch_size):
+        prompt_ids = loaded.tokenizer(_prompts(loaded, task, batch), add_special_tokens=False)["input_ids"]
+        answers = [loaded.tokenizer(task.answer_text(e), add_special_tokens=False)["input_ids"] for e in batch]
+        for example, ids, answer in zip(batch, prompt_ids, answers):
+            if not answer:
+                raise DataError("an example has an empty answer, so it has no perplexity", where=example.meta.get("origin"))
+            _check_length(loaded.model, len(ids) + len(answer), example)
+        nll += [-v for v in continuation_logprobs(loaded.model, prompt_ids, answers, pad_id=_pad_id(loaded.tokenizer))]
+        counts += [len(a) for a in answers]
+        bar.advance(step, len(batch))
+    seconds = time.perf_counter() - start
+    nll_array, count_array = np.asarray(nll), np.asarray(counts, dtype=np.float64)
+    rng = np.random.default_rng(0)
+    picks = rng.integers(0, len(nll), size=(1000, len(nll)))
+    samples = np.exp(nll_array[picks].sum(1) / count_array[picks].sum(1))
+    for row, value, count in zip(rows, nll, counts):
+        row.update(prediction=None, score=math.exp(value / count), nll=value, tokens=count)
+    return EvalResult(metric=task.metric, score=float(math.exp(nll_array.sum() / count_array.sum())),
+                      ci=(float(np.percentile(samples, 2.5)), float(np.percentile(samples, 97.5))), examples=len(examples),
+                      scoring="perplexity", seconds_per_example=seconds / len(examples),
+                      tokens_per_second=float(count_array.sum() + 0) / seconds if seconds > 0 else 0.0,
+                      predictions=rows, extra={"tokens": int(count_array.sum())})
+
+
+# -- small pieces -----------------------------------------------------------------------------------------------------
+
+def _pad_id(tokenizer: Any) -> int:
+    """The pad id, set to the end-of-text token's when the tokenizer has none."""
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return int(tokenizer.pad_token_id)
+
+
+def _stop_ids(model: Any, tokenizer: Any) -> set[int]:
+    """Token ids that end an answer: the model's and tokenizer's end-of-text, and the chat template's end of turn."""
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    stops = set(configured if isinstance(configured, (list, tuple)) else [configured]) | {tokenizer.eos_token_id}
+    if getattr(tokenizer, "chat_template", None):
+        try:
+            from tailorlm.data.templates import end_of_turn_token
+
+            stops.add(tokenizer.convert_tokens_to_ids(end_of_turn_token(tokenizer)))
+        except ModelError:
+            pass
+    return {int(t) for t in stops if t is not None}
+
+
+def _prompt_learning(model: Any) -> bool:
+    """Whether the model is a PEFT prompt-learning model, whose forward ignores position ids."""
+    config = getattr(model, "active_peft_config", None)
+    return bool(getattr(config, "is_prompt_learning", False))
+
+
+def _check_length(model: Any, tokens: int, example: TaskExample | None) -> None:
+    """ModelError when an example's prompt and answer do not fit the model's context."""
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if limit is not None and tokens > limit:
+        raise ModelError("an example is too long for the model's context",
+                         where=example.meta.get("origin") if example is not None else None,
+                         found=f"{tokens} tokens (prompt and answer)", expected=f"at most {limit}",
+                         hint="Lower --max-new-tokens, use fewer shots, or shorten the input")
+
+
+class _NoBar:
+    """A progress bar that shows nothing."""
+
+    def add_task(self, *args: Any, **kwargs: Any) -> int:
+        return 0
+
+    def advance(self, *args: Any) -> None:
+        pass
+
+    def __enter__(self) -> "_NoBar":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+def _bar(progress: bool) -> Any:
+    """A rich progress bar on stderr, or one that shows nothing."""
+    if not progress:
+        return _NoBar()
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                    console=Console(stderr=True), transient=True)
