@@ -25,6 +25,8 @@ VERBS: dict[str, tuple[str, str]] = {
     "tokenizer": ("tailorlm.commands.tokenizer", "Train a domain tokenizer or extend a model's tokenizer with domain words."),
     "inspect": ("tailorlm.commands.inspect", "See tokens, attention maps and embedding neighbours of a model."),
     "eval": ("tailorlm.commands.eval", "Evaluate a specialist or model on a task: metric with 95% CI, latency, predictions."),
+    "export": ("tailorlm.commands.export", "Export a specialist as a merged model folder or a GGUF file, checked for parity."),
+    "eval": ("tailorlm.commands.eval", "Evaluate a specialist or model on a task: metric with 95% CI, latency, predictions."),
 }
 
 
