@@ -10,6 +10,10 @@ import numpy as np
 from tailorlm.errors import ConfigError, ModelError
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+# Texts per forward pass. On a CPU small batches run faster per token (2 cores, MiniLM, chunks of ~160 tokens:
+# 16 texts about 20% faster than 64 in float32, 5% in bfloat16; 64 texts' activations outgrow the caches);
+# a GPU wants large ones.
+CPU_BATCH, GPU_BATCH = 16, 64
 
 
 class Embedder:
@@ -17,9 +21,10 @@ class Embedder:
 
     `dtype="auto"` computes in bfloat16 on a CPU with native bfloat16 arithmetic (AVX512-BF16 or AMX: about twice
     the chunks per second, cosine to the float32 vectors above 0.9998), in float16 on a GPU, else in float32.
+    `batch_size=None` is 16 texts per forward pass on a CPU and 64 on a GPU.
     """
 
-    def __init__(self, model_ref: str = "minilm-l6", *, device: str | None = None, batch_size: int = 64,
+    def __init__(self, model_ref: str = "minilm-l6", *, device: str | None = None, batch_size: int | None = None,
                  dtype: str = "auto") -> None:
         import torch
         from sentence_transformers import SentenceTransformer
@@ -28,7 +33,7 @@ class Embedder:
 
         if dtype not in DTYPES:
             raise ConfigError("unknown embedding dtype", key="dtype", found=repr(dtype), expected="one of " + ", ".join(DTYPES))
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
             raise ConfigError("bad embedding batch size", key="batch_size", found=repr(batch_size), expected="a whole number, at least 1")
         folder = resolve(model_ref)
         try:
@@ -44,7 +49,7 @@ class Embedder:
         if self.dtype != "float32":
             self.model.to(getattr(torch, self.dtype))
         self.model_ref = str(model_ref)
-        self.batch_size = batch_size
+        self.batch_size: int = batch_size or (CPU_BATCH if self.model.device.type == "cpu" else GPU_BATCH)
         dimension = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
         self.dimension: int = int(dimension())
         self.tokenizer: Any = self.model.tokenizer
@@ -71,6 +76,19 @@ class Embedder:
         vectors = vectors.float().cpu().numpy()  # (N, D)
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
         return vectors / np.maximum(norms, 1e-12)
+
+
+def length_order(tokenizer: Any, texts: Sequence[str]) -> np.ndarray:
+    """Positions of `texts` from the most tokens to the fewest (ties in input order), counted by `tokenizer`.
+
+    Embedding texts in this order keeps the padding of each batch small. sentence-transformers sorts by characters,
+    which on mixed text (prose, numbers, code) leaves about a quarter of each batch as padding.
+    """
+    from tailorlm.retrieval.chunking import plain_tokenizer
+
+    lengths = np.fromiter((len(e.ids) for e in plain_tokenizer(tokenizer).encode_batch(list(texts), add_special_tokens=False)),
+                          dtype=np.int64, count=len(texts))
+    return np.argsort(-lengths, kind="stable")
 
 
 def _pick_dtype(dtype: str, device_type: str) -> str:

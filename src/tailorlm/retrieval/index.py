@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -40,7 +40,10 @@ BACKENDS = ("lance", "qdrant")
 # What a failed first run may leave behind; a folder holding only these is ours to start again in.
 LOCK = ".tailorlm-index.lock"
 _OWN_NAMES = ("store", "bm25-", "qdrant-", MANIFEST, LOCK)
-EMBED_BATCH = 256
+# Chunks are embedded in groups of EMBED_GROUP (bounding the vectors held in memory, one store write each), within a
+# group from the longest to the shortest in tokens, EMBED_BATCH at a time.
+EMBED_GROUP = 16_384
+EMBED_BATCH = 64
 
 
 @dataclass
@@ -246,9 +249,7 @@ def _build(paths: list[Path], folder: Path, embed_model: str, chunk_tokens: int 
     try:
         store.delete_docs(stale)
         chunks = chunk_documents(documents, embedder.tokenizer, chunk_tokens=chunk_tokens, overlap=overlap)
-        for first in _progress(range(0, len(chunks), EMBED_BATCH), f"embedding {len(chunks)} chunks", progress):
-            batch = chunks[first:first + EMBED_BATCH]
-            store.add(batch, np.asarray(embedder.embed([chunk.text for chunk in batch]), dtype=np.float32))
+        _embed_into(store, chunks, embedder, progress)
         report.embedded = len(chunks)
         store.finish()
         generation = previous["generation"] + 1 if previous else 1
@@ -269,6 +270,23 @@ def _build(paths: list[Path], folder: Path, embed_model: str, chunk_tokens: int 
         store.close()
     _remove_stale(folder, keep={bm25_name, str(manifest["store"].get("path"))})
     return report
+
+
+def _embed_into(store: VectorStore, chunks: list[Any], embedder: Any, progress: bool) -> None:
+    """Embed the chunks and add them to the store in their own order, batching chunks of similar token length."""
+    from tailorlm.retrieval.embeddings import length_order
+
+    with _progress_bar(len(chunks), f"embedding {len(chunks)} chunks", progress) as advance:
+        for first in range(0, len(chunks), EMBED_GROUP):
+            group = chunks[first:first + EMBED_GROUP]
+            texts = [chunk.text for chunk in group]
+            order = length_order(embedder.tokenizer, texts)
+            vectors = np.empty((len(group), embedder.dimension), dtype=np.float32)  # (G, D)
+            for start in range(0, len(group), EMBED_BATCH):
+                rows = order[start:start + EMBED_BATCH]
+                vectors[rows] = embedder.embed([texts[i] for i in rows])
+                advance(len(rows))
+            store.add(group, vectors)
 
 
 def _refuse_foreign(folder: Path) -> None:
@@ -378,3 +396,17 @@ def _progress(items: Sequence[Any], description: str, show: bool) -> Iterator[An
 
     # On stderr, so that stdout holds only the results when it is piped.
     yield from track(items, description=description, transient=True, console=Console(stderr=True))
+
+
+@contextmanager
+def _progress_bar(total: int, description: str, show: bool) -> Iterator[Callable[[int], None]]:
+    """A function that advances a transient progress bar over `total` items (does nothing when not shown)."""
+    if not show or not total:
+        yield lambda n: None
+        return
+    from rich.console import Console
+    from rich.progress import Progress
+
+    with Progress(transient=True, console=Console(stderr=True)) as bar:  # stderr, as `_progress`
+        task = bar.add_task(description, total=total)
+        yield lambda n: bar.advance(task, n)
