@@ -26,7 +26,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "inspect": ("tailorlm.commands.inspect", "See tokens, attention maps and embedding neighbours of a model."),
     "eval": ("tailorlm.commands.eval", "Evaluate a specialist or model on a task: metric with 95% CI, latency, predictions."),
     "export": ("tailorlm.commands.export", "Export a specialist as a merged model folder or a GGUF file, checked for parity."),
-    "eval": ("tailorlm.commands.eval", "Evaluate a specialist or model on a task: metric with 95% CI, latency, predictions."),
+    "chat": ("tailorlm.commands.chat", "Chat with a model or specialist in the terminal, answers streamed as they come."),
 }
 
 

@@ -1,0 +1,314 @@
+"""`tailor chat`: the ChatSession (history fitted to the context, /commands) driven by scripted input on the tiny
+random Llama, given the ChatML template it lacks."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from tailorlm.chat import COMMANDS, ChatSession, open_chat, run_chat
+from tailorlm.errors import ConfigError, ModelError
+
+CONTEXT = 256  # the tiny Llama's max_position_embeddings
+SYSTEM = "You are a careful assistant."
+
+
+@pytest.fixture(scope="module")
+def chat_dir(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny Llama with ChatML installed in its tokenizer (its tokens already exist, so no resize)."""
+    from transformers import AutoTokenizer
+
+    from tailorlm.data.templates import ensure_chat_template
+
+    folder = tmp_path_factory.mktemp("tiny-chat") / "model"
+    shutil.copytree(tiny_llama_dir, folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    assert tokenizer.chat_template is None
+    before = len(tokenizer)
+    assert ensure_chat_template(tokenizer) is True and len(tokenizer) == before
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def loaded(chat_dir: Path):
+    from tailorlm.models.load import load_model
+
+    return load_model(str(chat_dir), device="cpu", progress=False)
+
+
+def session(loaded, **options) -> ChatSession:
+    model, tokenizer = loaded
+    return ChatSession(model, tokenizer, **{"system": SYSTEM, "max_new_tokens": 8, **options})
+
+
+def test_streamed_pieces_join_to_the_answer_kept_in_history(loaded) -> None:
+    chat = session(loaded)
+    pieces: list[str] = []
+    reply = chat.ask("hello, what is the capital of France?", on_text=pieces.append)
+    assert pieces and "".join(pieces) == reply.text
+    assert chat.history == [{"role": "user", "content": "hello, what is the capital of France?"},
+                            {"role": "assistant", "content": reply.text}]
+    assert reply.prompt_tokens == chat.prompt_tokens(chat.messages()[:-1]) and reply.dropped == 0
+    assert chat.last_prompt.startswith(f"<|im_start|>system\n{SYSTEM}<|im_end|>\n")
+    assert chat.last_prompt.endswith("<|im_start|>assistant\n")
+
+
+def test_history_is_trimmed_oldest_first_to_fit_and_the_system_prompt_stays(loaded) -> None:
+    chat = session(loaded, max_new_tokens=16)
+    budget = CONTEXT - 16
+    asked: list[str] = []
+    notes: list[str] = []
+    replies = []
+    for i in range(8):
+        text = f"question {i}: the quick brown fox jumps over the lazy dog, patients with diabetes check sugar."
+        asked.append(text)
+        replies.append(chat.ask(text, on_note=notes.append))
+        assert replies[-1].prompt_tokens <= budget
+        assert chat.prompt_tokens(chat.messages()[:-1]) == replies[-1].prompt_tokens
+        assert chat.messages()[0] == {"role": "system", "content": SYSTEM}
+    dropped = sum(r.dropped for r in replies)
+    assert dropped >= 2, "eight long turns must overflow a 240-token budget"
+    kept_users = [m["content"] for m in chat.history if m["role"] == "user"]
+    assert kept_users == asked[dropped:]  # exactly the oldest turns went
+    assert [m["role"] for m in chat.history] == ["user", "assistant"] * len(kept_users)
+    assert notes and all("oldest turn" in note and "256-token context" in note for note in notes)
+    assert len(notes) == sum(1 for r in replies if r.dropped)
+    # Only as much was dropped as needed: the last turn's prompt with one more old pair would not have fitted.
+    last = replies[-1]
+    if last.dropped:
+        one_more = [{"role": "user", "content": asked[dropped - 1]}, {"role": "assistant", "content": "x"}]
+        without_answer = chat.history[:-1]
+        assert chat.prompt_tokens(chat._head() + one_more + without_answer) > budget
+
+
+def test_a_message_longer_than_the_context_is_refused_and_nothing_is_dropped(loaded) -> None:
+    chat = session(loaded)
+    chat.ask("hello")
+    before = list(chat.history)
+    with pytest.raises(ModelError, match="does not fit the model's context"):
+        chat.ask("the quick brown fox " * 200)
+    assert chat.history == before
+
+
+def test_reset_empties_history_and_keeps_the_system_prompt(loaded) -> None:
+    chat = session(loaded)
+    chat.ask("hello")
+    outcome = chat.handle("/reset")
+    assert chat.history == [] and chat.system == SYSTEM and outcome.note == "conversation cleared"
+
+
+def test_system_replaces_the_system_prompt(loaded) -> None:
+    chat = session(loaded)
+    chat.ask("hello")
+    assert chat.handle("/system   Answer in one word.").note == "system prompt replaced"
+    assert chat.system == "Answer in one word."
+    assert chat.messages()[0] == {"role": "system", "content": "Answer in one word."}
+    assert len(chat.history) == 2  # the conversation goes on under the new prompt
+    assert chat.handle("/system").note == "system prompt: Answer in one word."
+    chat.ask("thanks")
+    assert chat.last_prompt.startswith("<|im_start|>system\nAnswer in one word.<|im_end|>\n")
+
+
+def test_save_writes_the_exact_messages_atomically(loaded, tmp_path: Path) -> None:
+    chat = session(loaded)
+    first = chat.ask("hello").text
+    second = chat.ask("thanks, bye").text
+    path = tmp_path / "talk.json"
+    outcome = chat.handle(f"/save {path}")
+    assert json.loads(path.read_text(encoding="utf-8")) == {"messages": [
+        {"role": "system", "content": SYSTEM},
+        {"role": "user", "content": "hello"}, {"role": "assistant", "content": first},
+        {"role": "user", "content": "thanks, bye"}, {"role": "assistant", "content": second},
+    ]}
+    assert outcome.note == f"saved 5 messages to {path}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["talk.json"]  # no temporary file left
+    with pytest.raises(ConfigError, match="does not exist"):
+        chat.handle(f"/save {tmp_path / 'missing' / 'talk.json'}")
+    assert chat.handle("/save").note == "usage: /save FILE"
+
+
+def test_an_unknown_command_lists_the_known_ones(loaded) -> None:
+    chat = session(loaded)
+    note = chat.handle("/help").note
+    assert note.startswith("unknown command /help; commands: ")
+    assert all(name in note for name in COMMANDS)
+    assert chat.history == []
+    assert chat.handle("/exit").exit is True
+
+
+def test_max_new_tokens_must_leave_room_for_the_conversation(loaded) -> None:
+    with pytest.raises(ConfigError, match="leaves no room"):
+        session(loaded, max_new_tokens=CONTEXT)
+
+
+def _console() -> tuple[Console, io.StringIO]:
+    out = io.StringIO()
+    return Console(file=out, force_terminal=False, width=200, highlight=False), out
+
+
+def _script(lines: list[str], end: type[BaseException] = EOFError):
+    queue = list(lines)
+
+    def read(prompt: str) -> str:
+        if not queue:
+            raise end()
+        return queue.pop(0)
+    return read
+
+
+def test_the_loop_streams_answers_runs_commands_and_ends_on_ctrl_d(loaded, tmp_path: Path) -> None:
+    chat = session(loaded)
+    console, out = _console()
+    path = tmp_path / "c.json"
+    code = run_chat(chat, read=_script(["hello", "", "/nope", f"/save {path}", "/save /no/such/dir/x.json"]),
+                    console=console)
+    text = out.getvalue()
+    assert code == 0
+    assert chat.history[1]["content"] in text
+    assert "unknown command /nope; commands: /reset" in text
+    assert f"saved 3 messages to {path}" in text
+    assert "error: /no/such/dir: the folder to save into does not exist" in text  # and the loop went on
+    assert json.loads(path.read_text(encoding="utf-8"))["messages"] == chat.conversation()
+
+
+@pytest.mark.parametrize("end", [EOFError, KeyboardInterrupt])
+def test_ctrl_d_and_ctrl_c_exit_cleanly(loaded, end: type[BaseException]) -> None:
+    console, _ = _console()
+    assert run_chat(session(loaded), read=_script([], end), console=console) == 0
+
+
+def test_exit_command_ends_the_loop(loaded) -> None:
+    console, _ = _console()
+    read = _script(["/exit", "hello"])
+    chat = session(loaded)
+    assert run_chat(chat, read=read, console=console) == 0 and chat.history == []
+
+
+class FakeRag:
+    """A RAG specialist's ask(): streams a fixed answer and names two sources."""
+
+    def __init__(self) -> None:
+        self.questions: list[str] = []
+
+    def ask(self, question: str, *, on_text=None, **sampling):
+        from tailorlm.retrieval.answer import RagAnswer
+
+        self.questions.append(question)
+        answer = RagAnswer(question=question, text="Paris [1].", found=True, cited=[1])
+        if on_text is not None:
+            on_text("Paris ")
+            on_text("[1].")
+        answer.sources_text = lambda: "Sources:\n[1] france.txt (cited)\n[2] europe.txt"  # type: ignore[method-assign]
+        return answer
+
+
+def test_a_rag_specialist_shows_its_sources_after_each_answer(loaded) -> None:
+    model, tokenizer = loaded
+    rag = FakeRag()
+    chat = ChatSession(model, tokenizer, rag=rag, max_new_tokens=8)
+    console, out = _console()
+    assert run_chat(chat, read=_script(["What is the capital of France?", "And of Italy?"]), console=console) == 0
+    assert rag.questions == ["What is the capital of France?", "And of Italy?"]
+    assert out.getvalue().count("Paris [1].\nSources:\n[1] france.txt (cited)\n[2] europe.txt\n") == 2
+    assert chat.history[1] == {"role": "assistant", "content": "Paris [1]."}
+
+
+def test_open_chat_on_a_model_reference(chat_dir: Path) -> None:
+    chat = open_chat(chat_dir, system="Be brief.", max_new_tokens=4, device="cpu")
+    assert chat.context == CONTEXT and chat.system == "Be brief." and chat.turns == []
+    im_end = chat.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert im_end in chat.model.generation_config.eos_token_id  # answers stop at the end of the turn
+    pieces: list[str] = []
+    assert chat.ask("hello", on_text=pieces.append).text == "".join(pieces)
+
+
+def test_a_model_without_a_chat_template_is_refused(tiny_llama_dir: Path) -> None:
+    with pytest.raises(ModelError, match="no chat template") as err:
+        open_chat(tiny_llama_dir, device="cpu")
+    assert str(tiny_llama_dir) in str(err.value)
+
+
+def test_a_classification_specialist_cannot_chat(tmp_path: Path, chat_dir: Path) -> None:
+    from tailorlm.strategies.base import MANIFEST, Manifest
+
+    folder = tmp_path / "classifier"
+    folder.mkdir()
+    manifest = Manifest(base_model=str(chat_dir), base_model_path=str(chat_dir), strategy="lora", objective="classify",
+                        weights="adapter", labels=["bearish", "bullish"])
+    (folder / MANIFEST).write_text(json.dumps(manifest.to_dict()), encoding="utf-8")
+    with pytest.raises(ModelError, match="classification-head specialist cannot chat") as err:
+        open_chat(folder, device="cpu")
+    assert str(folder) in str(err.value)
+
+
+def test_a_prompting_specialist_puts_its_prompt_and_shots_first(tmp_path: Path, chat_dir: Path) -> None:
+    from tailorlm.strategies.prompting import PromptSpecialist
+    from tailorlm.tasks.task import TaskExample
+
+    shots = [TaskExample("train-0", "Shares rose 5%.", ["1"]), TaskExample("train-1", "Shares fell.", ["0"])]
+    spec = PromptSpecialist(base_model=str(chat_dir), strategy="few_shot", instruction="Classify the sentiment.",
+                            system="You read financial news.", shots=shots,
+                            settings={"k": 2, "selection": "balanced", "seed": 0}, base_model_path=str(chat_dir))
+    folder = tmp_path / "few-shot"
+    spec.save(folder)
+    manifest = json.loads((folder / "specialist.json").read_text(encoding="utf-8"))
+    manifest["config"]["task"] = {"name": "news", "answer": "label", "labels": {"0": "bearish", "1": "bullish"},
+                                  "input_template": None}
+    (folder / "specialist.json").write_text(json.dumps(manifest), encoding="utf-8")
+
+    chat = open_chat(folder, max_new_tokens=4, device="cpu")
+    assert chat.system == "You read financial news.\n\nClassify the sentiment.\n\nAnswer with one of: bearish, bullish."
+    assert chat.turns == [{"role": "user", "content": "Shares rose 5%."}, {"role": "assistant", "content": "bullish"},
+                          {"role": "user", "content": "Shares fell."}, {"role": "assistant", "content": "bearish"}]
+    chat.ask("Shares doubled.")
+    assert [m["content"] for m in chat.messages()[1:6]] == [
+        "Shares rose 5%.", "bullish", "Shares fell.", "bearish", "Shares doubled."]
+    assert chat.conversation()[0]["role"] == "system" and len(chat.conversation()) == 3  # /save leaves the shots out
+    assert open_chat(folder, system="Other.", max_new_tokens=4, device="cpu").system == "Other."
+
+
+def test_the_chat_verb_runs_the_loop(chat_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    from tailorlm.cli import main
+
+    lines = iter(["hello", "/exit"])
+    monkeypatch.setattr("builtins.input", lambda prompt="": next(lines))
+    assert main(["chat", str(chat_dir), "--max-new-tokens", "4", "--system", "Be brief.", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert f"chatting with {chat_dir} (256-token context); commands: /reset" in out
+
+
+def test_open_chat_on_a_rag_specialist_answers_from_its_documents(chat_dir: Path, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from _retrieval_fakes import FakeEmbedder
+    from tailorlm.retrieval.index import build_index
+    from tailorlm.strategies.rag import save_rag_specialist
+
+    model_dir = tmp_path / "model"  # the tiny chat Llama with room for the RAG prompt (RoPE: no weights change)
+    shutil.copytree(chat_dir, model_dir)
+    config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    (model_dir / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 2048}), encoding="utf-8")
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text(json.dumps({"_id": "france", "text": "Paris is the capital of France."}) + "\n"
+                      + json.dumps({"_id": "italy", "text": "Rome is the capital of Italy."}) + "\n", encoding="utf-8")
+    build_index([corpus], tmp_path / "index", embedder=FakeEmbedder(dimension=64), chunk_tokens=64, overlap=0,
+                progress=False)
+    monkeypatch.setattr("tailorlm.retrieval.embeddings.Embedder",
+                        lambda model_ref="fake-bow", **kwargs: FakeEmbedder(model_ref, dimension=64))
+    folder = save_rag_specialist(tmp_path / "rag", model=str(model_dir), index=tmp_path / "index",
+                                 overrides={"k": 1, "min_score": -1.0, "max_new_tokens": 6})
+    chat = open_chat(folder, device="cpu")
+    try:
+        assert chat.rag is not None and chat.max_new_tokens == 6  # the specialist's own setting
+        console, out = _console()
+        assert run_chat(chat, read=_script(["What is the capital of France?"]), console=console) == 0
+        answer = chat.history[1]["content"]
+        assert out.getvalue().startswith(f"{answer}\nSources:\n[1] ")
+        assert "france" in out.getvalue().split("Sources:")[1]
+    finally:
+        chat.rag.close()
