@@ -24,8 +24,9 @@ VERBS: dict[str, tuple[str, str]] = {
     "rag": ("tailorlm.commands.rag", "Index documents, search them, answer with citations, evaluate retrieval."),
     "tokenizer": ("tailorlm.commands.tokenizer", "Train a domain tokenizer or extend a model's tokenizer with domain words."),
     "inspect": ("tailorlm.commands.inspect", "See tokens, attention maps and embedding neighbours of a model."),
-    "eval": ("tailorlm.commands.eval", "Evaluate a specialist or model on a task: metric with 95% CI, latency, predictions."),
+    "eval": ("tailorlm.commands.eval", "Evaluate a specialist or model on a task: metric with 95%% CI, latency, predictions."),
     "export": ("tailorlm.commands.export", "Export a specialist as a merged model folder or a GGUF file, checked for parity."),
+    "serve": ("tailorlm.commands.serve", "Serve specialists and models over an OpenAI-compatible HTTP API."),
     "chat": ("tailorlm.commands.chat", "Chat with a model or specialist in the terminal, answers streamed as they come."),
 }
 
