@@ -26,7 +26,7 @@ from tailorlm.errors import ConfigError, DataError, ModelError
 from tailorlm.tasks.task import Task, TaskExample
 
 SCORINGS: tuple[str, ...] = ("auto", "choice", "generate", "head", "perplexity")
-DEFAULT_MAX_NEW_TOKENS: dict[str, int] = {"label": 8, "number": 256, "code": 384, "text": 64, "span": 64}
+DEFAULT_MAX_NEW_TOKENS: dict[str, int] = {"label": 16, "number": 256, "code": 384, "text": 64, "span": 64}
 METRICS_FILE, PREDICTIONS_FILE = "metrics.json", "predictions.jsonl"
 
 

@@ -1,0 +1,621 @@
+"""`tailor compare`: every strategy of a recipe, for every base model, on the same task, splits and seed.
+
+For each base model and strategy: fit (prompting chooses a prompt; rag points a specialist at an index of `corpus`;
+trained methods run the one training loop on the task's train split written as chat JSONL, or as text/label rows
+with a classification head when the base model is an encoder), evaluate on the test split, and write
+DIR/<model>/<strategy>/result.json. A finished strategy is reused on the next run with the same settings, so an
+interrupted comparison resumes; a failing strategy is recorded with its error and the others go on. At the end:
+DIR/leaderboard.json, DIR/report.html and DIR/best/ (a copy of the winning specialist).
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import gc
+import importlib
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from tailorlm.config import apply_overrides, load_yaml, suggest
+from tailorlm.errors import ConfigError, DataError, TailorError
+from tailorlm.evaluation import report
+from tailorlm.evaluation.retention import RetentionSettings, base_perplexity, check_retention
+
+STRATEGIES = ("zero_shot", "few_shot", "prompt_search", "rag", "prompt_tuning", "p_tuning", "prefix_tuning", "lora",
+              "dora", "ia3", "full")
+PROMPTING = ("zero_shot", "few_shot", "prompt_search")
+TRAINED = ("prompt_tuning", "p_tuning", "prefix_tuning", "lora", "dora", "ia3", "full")
+# An encoder classifies with a head; these methods can train one (training/config.py METHODS_FOR_OBJECTIVE).
+ENCODER_STRATEGIES = ("prompt_tuning", "p_tuning", "lora", "dora", "ia3", "full")
+RECIPE_KEYS = ("task", "data", "base_models", "corpus", "strategies", "eval", "quick", "retention", "output", "seed")
+EVAL_KEYS = ("limit", "batch_size", "max_new_tokens", "scoring")
+TRAINED_KEYS = ("train", "lora", "prompt", "freeze", "max_examples")
+DEFAULT_QUICK = {"limit": 60, "train": {"max_steps": 20}}
+# Settings of the training loop that suit a comparison: short sequences, seeded, no TensorBoard files.
+TRAIN_DEFAULTS = {"max_length": 256, "batch_size": 8, "tensorboard": False}
+# AdamW full fine-tuning holds weights, gradients and two moments in fp32: about 16 bytes per parameter.
+FULL_BYTES_PER_PARAMETER = 16
+ENCODER_TYPES = ("bert", "roberta", "xlm-roberta", "distilbert", "deberta", "deberta-v2", "electra", "mpnet", "albert")
+
+
+@dataclass
+class Leaderboard:
+    """What a comparison produced: the leaderboard data (leaderboard.json) and where it was written."""
+
+    data: dict[str, Any]
+    output: Path
+
+    @property
+    def entries(self) -> list[dict[str, Any]]:
+        return self.data["entries"]
+
+    @property
+    def best(self) -> dict[str, Any] | None:
+        return self.data.get("best")
+
+    def entry(self, model: str, strategy: str) -> dict[str, Any]:
+        return next(e for e in self.entries if e["model"] == model and e["strategy"] == strategy)
+
+
+@dataclass
+class Plan:
+    """A comparison recipe, read and checked, with --quick and --set applied."""
+
+    source: str
+    base_dir: Path
+    task: Any
+    models: list[str]
+    strategies: dict[str, dict[str, Any]] | None
+    """None: the default list, chosen per base model."""
+    eval: dict[str, Any]
+    quick: dict[str, Any] | None
+    retention: RetentionSettings | None
+    corpus: list[str]
+    output: Path
+    seed: int
+
+
+def compare(recipe: str | Path, *, output: str | Path | None = None, quick: bool = False, overrides: tuple | list = (),
+            console: Console | None = None) -> Leaderboard:
+    """Fit and evaluate every strategy for every base model; write leaderboard.json, report.html and best/."""
+    console = console or Console(stderr=True)
+    plan = load_plan(recipe, output=output, quick=quick, overrides=list(overrides))
+    plan.output.mkdir(parents=True, exist_ok=True)
+    _import_libraries()  # so that the first strategy's time is not the time Python takes to import them
+    entries, notes = [], []
+    for model in plan.models:
+        strategies, model_notes = strategies_for(model, plan)
+        notes += model_notes
+        for note in model_notes:
+            console.print(f"[yellow]note:[/yellow] {note}")
+        for name, settings in strategies.items():
+            entries.append(run_strategy(plan, model, name, settings, console=console))
+    board = build_leaderboard(plan, entries, notes)
+    write_outputs(board, plan.output)
+    return Leaderboard(board, plan.output)
+
+
+def load_plan(recipe: str | Path, *, output: str | Path | None = None, quick: bool = False,
+              overrides: list[str] = ()) -> Plan:
+    """Read a comparison recipe: the task (tasks.task_from_dict), base models, strategies and their settings."""
+    from tailorlm.tasks import task_from_dict
+
+    source = str(recipe)
+    base_dir = Path(recipe).resolve().parent
+    data = apply_overrides(load_yaml(recipe), list(overrides))
+    for key in data:
+        if key not in RECIPE_KEYS:
+            raise ConfigError("unknown setting", where=source, key=key, expected="one of " + ", ".join(RECIPE_KEYS),
+                              hint=suggest(str(key), RECIPE_KEYS))
+    task = task_from_dict(data, source=source, base_dir=base_dir)
+    models = data.get("base_models") or []
+    models = [models] if isinstance(models, str) else list(models)
+    if not models or not all(isinstance(m, str) and m for m in models):
+        raise ConfigError("missing setting", where=source, key="base_models", found=repr(data.get("base_models")),
+                          expected="a list of model references, e.g. [smollm2-135m-instruct]")
+    strategies = _strategy_settings(data.get("strategies"), source)
+    evaluation = _mapping(data.get("eval"), source, "eval")
+    _check_keys(evaluation, EVAL_KEYS, source, "eval")
+    quick_settings = None
+    if quick:
+        quick_settings = _mapping(data["quick"], source, "quick") if data.get("quick") else copy.deepcopy(DEFAULT_QUICK)
+        _check_keys(quick_settings, ("limit", "train", "eval_limit", "max_examples", "retention"), source, "quick")
+        if "limit" in quick_settings:
+            evaluation["limit"] = quick_settings["limit"]
+    retention_data = _mapping(data.get("retention"), source, "retention")
+    if quick_settings and quick_settings.get("retention"):
+        retention_data = {**retention_data, **quick_settings["retention"]}
+    retention = RetentionSettings.from_dict(retention_data, where=source, base_dir=base_dir)
+    corpus = data.get("corpus") or []
+    corpus = [corpus] if isinstance(corpus, str) else list(corpus)
+    corpus = [str(p if Path(p).is_absolute() else (base_dir / p).resolve()) for p in corpus]
+    folder = output or data.get("output")
+    if not folder:
+        raise ConfigError("missing setting", where=source, key="output", expected="a folder: --output DIR or output:")
+    folder = Path(folder) if output or Path(str(folder)).is_absolute() else Path.cwd() / str(folder)
+    seed = data.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ConfigError("the seed must be a whole number", where=source, key="seed", found=repr(seed))
+    return Plan(source=source, base_dir=base_dir, task=task, models=models, strategies=strategies, eval=evaluation,
+                quick=quick_settings, retention=retention, corpus=corpus, output=Path(folder), seed=seed)
+
+
+def strategies_for(model: str, plan: Plan) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """The strategies to run for one base model, with notes on the defaults left out and why."""
+    if plan.strategies is not None:
+        return dict(plan.strategies), []
+    encoder = is_encoder(model)
+    notes = []
+    names = list(("prompt_tuning", "p_tuning", "lora") if encoder else
+                 ("zero_shot", "few_shot", "prompt_search", "rag", "prompt_tuning", "p_tuning", "lora"))
+    if encoder:
+        notes.append(f"{model} is an encoder: prompting and RAG need a generative model, so only trained "
+                     "classification heads are compared")
+    if not plan.corpus and "rag" in names:
+        names.remove("rag")
+    affordable, why = full_is_affordable(model)
+    if affordable:
+        names.append("full")
+    else:
+        notes.append(f"full fine-tuning of {model} left out: {why}")
+    return {name: {} for name in names}, notes
+
+
+def full_is_affordable(model: str) -> tuple[bool, str]:
+    """Whether full fine-tuning fits: ~16 bytes per parameter (AdamW in fp32) within half the memory it would use."""
+    import torch
+
+    from tailorlm.models.info import model_info
+
+    parameters = model_info(model, progress=False).parameters
+    if torch.cuda.is_available():
+        memory = torch.cuda.get_device_properties(0).total_memory
+        where = "GPU memory"
+    else:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        where = "memory"
+    need = FULL_BYTES_PER_PARAMETER * parameters
+    if need <= memory / 2:
+        return True, ""
+    return False, (f"{parameters / 1e6:.0f}M parameters need about {need / 2**30:.1f} GiB to train, more than half "
+                   f"of the {memory / 2**30:.1f} GiB of {where}")
+
+
+@functools.lru_cache(maxsize=None)
+def is_encoder(model: str) -> bool:
+    """Whether a model reference is an encoder (BERT-like) rather than a generative model."""
+    from tailorlm.models.info import model_info
+
+    info = model_info(model, progress=False)
+    generative = any(part in info.architecture for part in ("CausalLM", "LMHead", "ConditionalGeneration"))
+    return (info.model_type or "") in ENCODER_TYPES or not generative
+
+
+def run_strategy(plan: Plan, model: str, strategy: str, settings: dict[str, Any], *,
+                 console: Console) -> dict[str, Any]:
+    """One base model and strategy: reuse its saved result, or fit and evaluate it; failures become entries."""
+    folder = plan.output / slug(model) / strategy
+    fingerprint = _fingerprint(plan, model, strategy, settings)
+    saved = _saved_result(folder, fingerprint)
+    if saved is not None:
+        console.print(f"[dim]{strategy} on {model}: reusing the result in {folder}[/dim]")
+        return saved
+    if folder.exists() and _saved_fingerprint(folder) != fingerprint:
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "settings.json").write_text(json.dumps(fingerprint, indent=1, default=str), encoding="utf-8")
+    console.rule(f"{strategy} on {model}")
+    entry: dict[str, Any] = {"model": model, "strategy": strategy, "status": "ok", "error": None, "settings": settings}
+    gc.collect()  # what earlier strategies left behind should not count in this one's peak memory
+    try:
+        with PeakMemory() as memory:
+            start = time.perf_counter()
+            specialist, training = fit(plan, model, strategy, settings, folder, console=console)
+            entry["fit_seconds"] = time.perf_counter() - start
+            entry.update(training)
+            entry.setdefault("train_seconds", entry["fit_seconds"])
+            result = evaluate_specialist(plan, specialist, folder / "eval")
+        entry.update(_eval_fields(result, plan))
+        entry["peak_memory_mb"] = memory.peak_mb
+        entry["specialist"] = str(specialist.relative_to(plan.output))
+        entry["disk_mb"] = specialist_size(specialist) / 2**20
+        if strategy in TRAINED and plan.retention is not None and not is_encoder(model):
+            entry["retention"] = _retention(plan, model, specialist, console)
+    except KeyboardInterrupt:
+        raise
+    except Exception as err:  # noqa: BLE001 - one strategy's failure must not stop the comparison
+        entry.update(status="failed", error=_describe(err))
+        (folder / "error.txt").write_text(traceback.format_exc(), encoding="utf-8")
+        console.print(f"[red]{strategy} on {model} failed:[/red] {entry['error']}")
+    entry["fingerprint"] = fingerprint
+    _write_json(folder / "result.json", entry)
+    return entry
+
+
+def fit(plan: Plan, model: str, strategy: str, settings: dict[str, Any], folder: Path, *,
+        console: Console) -> tuple[Path, dict[str, Any]]:
+    """Make the specialist of one strategy in folder/specialist; returns it and what training measured."""
+    if strategy in PROMPTING:
+        return fit_prompting(plan, model, strategy, settings, folder), {"trainable_parameters": 0}
+    if strategy == "rag":
+        return fit_rag(plan, model, settings, folder), {"trainable_parameters": 0}
+    return fit_trained(plan, model, strategy, settings, folder, console=console)
+
+
+def fit_prompting(plan: Plan, model: str, strategy: str, settings: dict[str, Any], folder: Path) -> Path:
+    """zero_shot, few_shot or prompt_search (strategies.prompting), saved as a specialist folder."""
+    from tailorlm.strategies import prompting
+
+    if is_encoder(model):
+        raise ConfigError(f"{strategy} needs a generative model", key="base_models", found=f"{model}, an encoder",
+                          expected="a chat model such as smollm2-135m-instruct")
+    if strategy == "zero_shot":
+        specialist = prompting.fit_zero_shot(plan.task, model, settings)
+    elif strategy == "few_shot":
+        specialist = prompting.fit_few_shot(plan.task, model, {"seed": plan.seed, **settings})
+    else:
+        settings = {"seed": plan.seed, **settings}
+        quick_limit = (plan.quick or {}).get("eval_limit") or (plan.quick or {}).get("limit")
+        if quick_limit:  # fewer dev examples per candidate prompt
+            settings["eval_limit"] = min(settings.get("eval_limit") or quick_limit, quick_limit)
+        scorer = _PromptScorer(plan, model)
+        specialist = prompting.fit_prompt_search(plan.task, model, settings, score=scorer.score, propose=scorer.propose,
+                                                 higher_is_better=_higher_is_better(plan.task.metric))
+    return specialist.save(folder / "specialist", task=plan.task)
+
+
+def fit_rag(plan: Plan, model: str, settings: dict[str, Any], folder: Path) -> Path:
+    """A rag specialist over an index of the recipe's `corpus` (built once per comparison, updated when it changed)."""
+    from tailorlm.retrieval.index import build_index
+    from tailorlm.strategies.rag import save_rag_specialist
+
+    if not plan.corpus:
+        raise ConfigError("the rag strategy needs documents", where=plan.source, key="corpus",
+                          expected="a list of files or folders to index")
+    settings = dict(settings)
+    embed_model = settings.pop("embed_model", "minilm-l6")
+    index = plan.output / "rag-index"
+    build_index(plan.corpus, index, embed_model=embed_model, progress=False)
+    output = folder / "specialist"
+    if output.exists():
+        shutil.rmtree(output)
+    return save_rag_specialist(output, model=model, index=index, overrides=settings)
+
+
+def fit_trained(plan: Plan, model: str, strategy: str, settings: dict[str, Any], folder: Path, *,
+                console: Console) -> tuple[Path, dict[str, Any]]:
+    """A trained method through the one training loop; sft on chat JSONL, or classify with a head for an encoder."""
+    from tailorlm.training.checkpoint import CHECKPOINTS, list_checkpoints
+    from tailorlm.training.config import resolve_config
+    from tailorlm.training.loop import train
+    from tailorlm.training.tracking import read_metrics
+
+    _check_keys(settings, TRAINED_KEYS, plan.source, f"strategies.{strategy}")
+    encoder = is_encoder(model)
+    if encoder and strategy not in ENCODER_STRATEGIES:
+        raise ConfigError(f"{strategy} cannot train a classification head", key=f"strategies.{strategy}",
+                          found=f"{model}, an encoder", expected="one of " + ", ".join(ENCODER_STRATEGIES))
+    limit = (plan.quick or {}).get("max_examples", settings.get("max_examples"))
+    files = write_training_data(plan.task, folder / "data", classify=encoder, limit=limit)
+    train_settings = {**TRAIN_DEFAULTS, "seed": plan.seed, **settings.get("train", {}),
+                      **((plan.quick or {}).get("train") or {})}
+    values: dict[str, Any] = {"model": model, "objective": "classify" if encoder else "sft", "method": strategy,
+                              "data.train": str(files["train"]), "output": str(folder / "specialist")}
+    if "eval" in files:
+        values["data.eval"] = str(files["eval"])
+    if encoder:
+        values["labels"] = list(plan.task.label_map())
+    for section in ("lora", "prompt", "freeze"):
+        values.update({f"{section}.{k}": v for k, v in (settings.get(section) or {}).items()})
+    values.update({f"train.{k}": v for k, v in train_settings.items()})
+    config = resolve_config(values=values)
+    _write_json(folder / "train_config.json", config.to_dict())
+    output = Path(config.output)
+    resume = bool(list_checkpoints(output)) and not (output / "specialist.json").is_file()
+    result = train(config, resume=resume, overwrite=not resume, console=console)
+    if result.interrupted:
+        raise KeyboardInterrupt
+    shutil.rmtree(output / CHECKPOINTS, ignore_errors=True)  # the specialist is saved; checkpoints only cost disk
+    curve = [[r["step"], r["loss"]] for r in read_metrics(output) if "loss" in r]
+    return output, {"train_seconds": result.seconds, "steps": result.steps, "final_loss": result.final_loss,
+                    "trainable_parameters": result.trainable_parameters, "total_parameters": result.total_parameters,
+                    "train_tokens_per_second": result.tokens_per_second, "loss_curve": curve}
+
+
+def write_training_data(task: Any, folder: Path, *, classify: bool, limit: int | None = None) -> dict[str, Path]:
+    """The task's train (and eval) split as chat JSONL (prompt + the answer the assistant should give), or as
+    text/label rows for a classification head; returns split -> file."""
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for split in ("train", "eval"):
+        try:
+            examples = task.examples(split)
+        except DataError:
+            if split == "train":
+                raise
+            continue  # no eval split: the loop trains without one
+        if not examples:
+            continue
+        examples = examples[:limit] if limit and split == "train" else examples
+        path = folder / f"{split}.jsonl"
+        with path.open("w", encoding="utf-8") as f:
+            for ex in examples:
+                if classify:
+                    record = {"text": ex.input, "label": str(ex.references[0])}
+                else:
+                    record = {"messages": [*task.messages(ex), {"role": "assistant", "content": task.answer_text(ex)}]}
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        files[split] = path
+    return files
+
+
+def evaluate_specialist(plan: Plan, specialist: Path, output: Path) -> Any:
+    """The evaluator on the test split, with the recipe's eval settings."""
+    from tailorlm.evaluation.evaluator import evaluate
+
+    settings = {k: v for k, v in plan.eval.items() if v is not None}
+    return evaluate(specialist, plan.task, split="test", output=output, **settings)
+
+
+def build_leaderboard(plan: Plan, entries: list[dict[str, Any]], notes: list[str]) -> dict[str, Any]:
+    """The leaderboard.json data: entries, per-class results, disagreements, best and the recommendation."""
+    labels = plan.task.label_map() if plan.task.answer == "label" else None
+    predictions = {}
+    for e in entries:
+        if e["status"] == "ok":
+            rows = _read_jsonl(plan.output / slug(e["model"]) / e["strategy"] / "eval" / "predictions.jsonl")
+            e["per_class"] = report.per_class_results(rows, labels)
+            predictions[report.entry_name(e, with_model=len(plan.models) > 1)] = rows
+    board: dict[str, Any] = {
+        "task": plan.task.name, "metric": plan.task.metric, "higher_is_better": _higher_is_better(plan.task.metric),
+        "answer": plan.task.answer, "labels": labels, "split": "test",
+        "examples": next((e["examples"] for e in entries if e["status"] == "ok"), 0), "seed": plan.seed,
+        "quick": plan.quick is not None, "recipe": plan.source, "models": plan.models, "notes": notes,
+        "entries": [{k: v for k, v in e.items() if k != "fingerprint"} for e in entries],
+        "disagreements": report.find_disagreements(predictions, labels, seed=plan.seed),
+    }
+    board["recommendation"] = report.recommend(board)
+    best = board["recommendation"]["best"]
+    board["best"] = None if best is None else {**best, "folder": "best",
+                                               "specialist": board_entry(board, **best)["specialist"]}
+    return board
+
+
+def board_entry(board: dict[str, Any], *, model: str, strategy: str) -> dict[str, Any]:
+    return next(e for e in board["entries"] if e["model"] == model and e["strategy"] == strategy)
+
+
+def write_outputs(board: dict[str, Any], output: Path) -> None:
+    """leaderboard.json, report.html and best/ (replaced atomically enough: written aside, then renamed)."""
+    _write_json(output / "leaderboard.json", board)
+    (output / "report.html").write_text(report.render_report(board), encoding="utf-8")
+    best = output / "best"
+    if board["best"] is None:
+        return
+    stage = output / ".best.tmp"
+    shutil.rmtree(stage, ignore_errors=True)
+    shutil.copytree(output / board["best"]["specialist"], stage)
+    shutil.rmtree(best, ignore_errors=True)
+    os.replace(stage, best)
+
+
+def specialist_size(folder: Path) -> int:
+    """Bytes a specialist adds to its base model: its files (and a RAG index it points at)."""
+    skip = {"checkpoints", "tensorboard"}
+    total = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not skip & set(p.parts))
+    manifest = folder / "specialist.json"
+    if manifest.is_file():
+        index = json.loads(manifest.read_text(encoding="utf-8")).get("config", {}).get("index")
+        if isinstance(index, str) and Path(index).is_dir():
+            total += sum(p.stat().st_size for p in Path(index).rglob("*") if p.is_file())
+    return total
+
+
+def slug(model: str) -> str:
+    """A folder name for a model reference."""
+    name = Path(model.rstrip("/")).name or model
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "model"
+
+
+class PeakMemory:
+    """Peak memory while a block runs: CUDA allocator peak on a GPU, else the process's resident set (sampled)."""
+
+    def __enter__(self) -> "PeakMemory":
+        import torch
+
+        self.peak_mb = 0.0
+        self._cuda = torch.cuda.is_available()
+        if self._cuda:
+            torch.cuda.reset_peak_memory_stats()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while True:
+            self.peak_mb = max(self.peak_mb, _rss_mb())
+            if self._stop.wait(0.05):
+                return
+
+    def __exit__(self, *exc: object) -> None:
+        import torch
+
+        self._stop.set()
+        self._thread.join()
+        if self._cuda:
+            self.peak_mb = torch.cuda.max_memory_allocated() / 2**20
+
+
+class _PromptScorer:
+    """prompt_search's callbacks: score a candidate prompt on dev examples, and ask the model for paraphrases."""
+
+    def __init__(self, plan: Plan, model: str) -> None:
+        self.plan, self.model_ref = plan, model
+        self._loaded: tuple[Any, Any] | None = None
+
+    def _model(self) -> tuple[Any, Any]:
+        if self._loaded is None:
+            from tailorlm.models.load import load_model
+
+            self._loaded = load_model(self.model_ref, progress=False)
+        return self._loaded
+
+    def score(self, specialist: Any, examples: list[Any]) -> float:
+        from tailorlm.evaluation.evaluator import evaluate
+
+        model, tokenizer = self._model()
+        target = _LoadedPrompt(specialist, model, tokenizer)
+        settings = {k: v for k, v in self.plan.eval.items() if k in ("batch_size", "max_new_tokens", "scoring") and v}
+        return evaluate(target, self.plan.task, split="eval", examples=examples, progress=False, **settings).score
+
+    def propose(self, instruction: str, n: int) -> list[str]:
+        from tailorlm.strategies.prompting import propose_paraphrases
+
+        model, tokenizer = self._model()
+        return propose_paraphrases(model, tokenizer, instruction, n)
+
+
+@dataclass
+class _LoadedPrompt:
+    """A prompt specialist with its model already loaded, as the evaluator takes it."""
+
+    specialist: Any
+    model: Any
+    tokenizer: Any
+
+    def messages(self, task: Any, example: Any) -> list[dict]:
+        return self.specialist.messages(task, example)
+
+
+def _import_libraries() -> None:
+    for name in ("tailorlm.strategies.prompting", "tailorlm.training.loop", "tailorlm.evaluation.evaluator", "peft"):
+        importlib.import_module(name)
+
+
+def _retention(plan: Plan, model: str, specialist: Path, console: Console) -> dict[str, Any]:
+    """The retention report, or its error (a failed check does not fail the strategy)."""
+    try:
+        before = base_perplexity(model, plan.retention, cache=plan.output / slug(model) / "retention_base.json")
+        return check_retention(specialist, plan.retention, before=before)
+    except Exception as err:  # noqa: BLE001
+        console.print(f"[yellow]retention check failed:[/yellow] {_describe(err)}")
+        return {"error": _describe(err), "flagged": False}
+
+
+def _eval_fields(result: Any, plan: Plan) -> dict[str, Any]:
+    score = float(result.score)
+    return {"metric": result.metric, "score": score if math.isfinite(score) else None,
+            "ci": [float(result.ci[0]), float(result.ci[1])], "examples": int(result.examples),
+            "scoring": result.scoring, "seconds_per_example": float(result.seconds_per_example),
+            "tokens_per_second": float(result.tokens_per_second), "extra": result.extra or {}}
+
+
+def _higher_is_better(metric: str) -> bool:
+    try:
+        from tailorlm.tasks.metrics import METRICS
+
+        return bool(METRICS[metric].higher_is_better)
+    except (ImportError, KeyError):
+        return metric != "perplexity"
+
+
+def _strategy_settings(value: Any, source: str) -> dict[str, dict[str, Any]] | None:
+    if value is None:
+        return None
+    if isinstance(value, list):
+        value = {name: {} for name in value}
+    if not isinstance(value, dict) or not value:
+        raise ConfigError("strategies must name at least one strategy", where=source, key="strategies",
+                          found=repr(value), expected="a mapping of strategy name to settings, or a list of names")
+    for name, settings in value.items():
+        if name not in STRATEGIES:
+            raise ConfigError("unknown strategy", where=source, key=f"strategies.{name}",
+                              expected="one of " + ", ".join(STRATEGIES), hint=suggest(str(name), STRATEGIES))
+        if settings is not None and not isinstance(settings, dict):
+            raise ConfigError("strategy settings must be a mapping", where=source, key=f"strategies.{name}",
+                              found=repr(settings), expected="a mapping such as {k: 4}, or {}")
+    return {name: dict(settings or {}) for name, settings in value.items()}
+
+
+def _mapping(value: Any, source: str, key: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError("must be a mapping", where=source, key=key, found=repr(value))
+    return dict(value)
+
+
+def _check_keys(data: dict[str, Any], allowed: tuple[str, ...], source: str, section: str) -> None:
+    for key in data:
+        if key not in allowed:
+            raise ConfigError("unknown setting", where=source, key=f"{section}.{key}",
+                              expected="one of " + ", ".join(allowed), hint=suggest(str(key), allowed))
+
+
+def _fingerprint(plan: Plan, model: str, strategy: str, settings: dict[str, Any]) -> dict[str, Any]:
+    """What decides a strategy's result: reused only when all of it is unchanged."""
+    task = plan.task
+    data = json.dumps({"name": task.name, "instruction": task.instruction, "system": task.system,
+                       "answer": task.answer, "labels": task.labels, "metric": task.metric,
+                       "template": task.input_template, "data": repr(task.data)}, sort_keys=True, default=str)
+    return {"model": model, "strategy": strategy, "settings": settings, "eval": plan.eval, "quick": plan.quick,
+            "seed": plan.seed, "corpus": plan.corpus if strategy == "rag" else [],
+            "retention": None if plan.retention is None else vars(plan.retention),
+            "task": hashlib.sha256(data.encode()).hexdigest()[:16]}
+
+
+def _saved_fingerprint(folder: Path) -> dict[str, Any] | None:
+    path = folder / "settings.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def _saved_result(folder: Path, fingerprint: dict[str, Any]) -> dict[str, Any] | None:
+    """A finished result with the same fingerprint (failed ones run again)."""
+    path = folder / "result.json"
+    if not path.is_file():
+        return None
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    same = json.dumps(saved.get("fingerprint"), sort_keys=True, default=str) == json.dumps(fingerprint, sort_keys=True, default=str)
+    return saved if same and saved.get("status") == "ok" else None
+
+
+def _describe(err: BaseException) -> str:
+    return str(err) if isinstance(err, TailorError) else f"{type(err).__name__}: {err}"
+
+
+def _rss_mb() -> float:
+    try:
+        with open("/proc/self/statm", encoding="ascii") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(data, indent=1, ensure_ascii=False, default=str), encoding="utf-8")
+    os.replace(temporary, path)
+

@@ -1,0 +1,243 @@
+"""`tailor compare` orchestration with fake fit and evaluate: resume, failure isolation, best, leaderboard fields."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+
+from tailorlm.errors import ConfigError
+from tailorlm.evaluation import compare as cmp
+
+ROWS = [("shares fall after weak guidance", 0), ("profit beats estimates, stock jumps", 1),
+        ("company schedules earnings call", 2), ("analyst cuts target", 0), ("record revenue", 1),
+        ("board meets tuesday", 2)] * 4
+# Fake test scores (and CIs) of each strategy; lora is best, few_shot within its CI and cheaper.
+SCORES = {"zero_shot": (0.40, 0.30, 0.50), "few_shot": (0.63, 0.55, 0.72), "lora": (0.66, 0.58, 0.74),
+          "p_tuning": (0.50, 0.41, 0.60)}
+
+
+def write_recipe(folder: Path, **extra) -> Path:
+    lines = ["text,label"] + [f'"{t}",{y}' for t, y in ROWS]
+    (folder / "data.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    recipe = {
+        "task": {"name": "toy-sentiment", "instruction": "Classify the sentiment.", "answer": "label",
+                 "labels": {"0": "bearish", "1": "bullish", "2": "neutral"}, "metric": "macro_f1"},
+        "data": {"train": "data.csv", "split": {"eval": 0.25, "test": 0.25}},
+        "base_models": ["tiny"],
+        "strategies": {"zero_shot": {}, "few_shot": {"k": 2}, "lora": {"train": {"max_steps": 3}}, "p_tuning": {}},
+        "seed": 0,
+        **extra,
+    }
+    path = folder / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False), encoding="utf-8")
+    return path
+
+
+class Fakes:
+    """Fake fit / evaluate that record their calls; `fail` names strategies whose fit raises."""
+
+    def __init__(self, monkeypatch, fail=()):
+        self.fitted: list[str] = []
+        self.fail = set(fail)
+        monkeypatch.setattr(cmp, "fit", self.fit)
+        monkeypatch.setattr(cmp, "evaluate_specialist", self.evaluate)
+        monkeypatch.setattr(cmp, "is_encoder", lambda model: False)
+        monkeypatch.setattr(cmp, "full_is_affordable", lambda model: (True, ""))
+
+    def fit(self, plan, model, strategy, settings, folder, *, console):
+        self.fitted.append(strategy)
+        if strategy in self.fail:
+            raise RuntimeError(f"{strategy} exploded")
+        specialist = folder / "specialist"
+        specialist.mkdir(parents=True, exist_ok=True)
+        (specialist / "specialist.json").write_text(json.dumps({"strategy": strategy}), encoding="utf-8")
+        trained = strategy in cmp.TRAINED
+        return specialist, ({"train_seconds": 100.0, "steps": 3, "trainable_parameters": 4096,
+                             "loss_curve": [[1, 2.0], [2, 1.5], [3, 1.1]]} if trained else {"trainable_parameters": 0})
+
+    def evaluate(self, plan, specialist, output):
+        strategy = json.loads((specialist / "specialist.json").read_text())["strategy"]
+        score, low, high = SCORES.get(strategy, (0.1, 0.0, 0.2))
+        test = plan.task.examples("test")
+        rows = [{"id": ex.id, "input": ex.input, "reference": ex.references[0],
+                 "prediction": ex.references[0] if strategy == "lora" or i % 2 else "0"} for i, ex in enumerate(test)]
+        output.mkdir(parents=True, exist_ok=True)
+        (output / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        return SimpleNamespace(metric="macro_f1", score=score, ci=(low, high), examples=len(test), scoring="choice",
+                               seconds_per_example=0.01, tokens_per_second=50.0, extra={})
+
+
+def test_compare_writes_leaderboard_report_and_best(tmp_path, monkeypatch):
+    fakes = Fakes(monkeypatch)
+    recipe = write_recipe(tmp_path)
+    board = cmp.compare(recipe, output=tmp_path / "out")
+    test_size = len(cmp.load_plan(recipe, output=tmp_path / "out").task.examples("test"))
+    assert fakes.fitted == ["zero_shot", "few_shot", "lora", "p_tuning"]
+    saved = json.loads((tmp_path / "out" / "leaderboard.json").read_text())
+    assert [e["strategy"] for e in saved["entries"]] == ["zero_shot", "few_shot", "lora", "p_tuning"]
+    lora = board.entry("tiny", "lora")
+    assert lora["score"] == 0.66 and lora["ci"] == [0.58, 0.74] and lora["examples"] == saved["examples"] == test_size
+    assert lora["train_seconds"] == 100.0 and lora["trainable_parameters"] == 4096
+    assert lora["seconds_per_example"] == 0.01 and lora["peak_memory_mb"] > 0 and lora["disk_mb"] > 0
+    assert lora["specialist"] == "tiny/lora/specialist"
+    # the fake lora predicts every reference: F1 1 for each class of the test split
+    assert {w: c["f1"] for w, c in lora["per_class"].items() if c["support"]} == {
+        w: 1.0 for w, c in lora["per_class"].items() if c["support"]} != {}
+    assert saved["best"]["strategy"] == "lora" and saved["recommendation"]["cheaper"]["strategy"] == "few_shot"
+    assert json.loads((tmp_path / "out" / "best" / "specialist.json").read_text()) == {"strategy": "lora"}
+    assert saved["metric"] == "macro_f1" and saved["higher_is_better"] is True and saved["labels"]["1"] == "bullish"
+    assert saved["disagreements"] and all(len(set(d["predictions"].values())) > 1 for d in saved["disagreements"])
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert 'id="leaderboard"' in page and "few_shot scores 0.630" in page
+
+
+def test_a_failing_strategy_is_recorded_and_the_others_go_on(tmp_path, monkeypatch):
+    Fakes(monkeypatch, fail={"few_shot"})
+    board = cmp.compare(write_recipe(tmp_path), output=tmp_path / "out")
+    failed = board.entry("tiny", "few_shot")
+    assert failed["status"] == "failed" and failed["error"] == "RuntimeError: few_shot exploded"
+    assert "Traceback" in (tmp_path / "out" / "tiny" / "few_shot" / "error.txt").read_text()
+    assert [e["status"] for e in board.entries] == ["ok", "failed", "ok", "ok"]
+    # without few_shot nothing cheaper lies inside lora's CI
+    assert board.best["strategy"] == "lora" and board.data["recommendation"]["cheaper"] is None
+
+
+def test_a_rerun_reuses_finished_strategies_and_retries_failed_ones(tmp_path, monkeypatch):
+    recipe = write_recipe(tmp_path)
+    Fakes(monkeypatch, fail={"p_tuning"})
+    cmp.compare(recipe, output=tmp_path / "out")
+    again = Fakes(monkeypatch)
+    board = cmp.compare(recipe, output=tmp_path / "out")
+    assert again.fitted == ["p_tuning"]
+    assert all(e["status"] == "ok" for e in board.entries)
+    # a changed setting runs that strategy again, and only it
+    third = Fakes(monkeypatch)
+    cmp.compare(recipe, output=tmp_path / "out", overrides=["strategies.lora.train.max_steps=5"])
+    assert third.fitted == ["lora"]
+
+
+def test_interrupting_a_strategy_leaves_no_result(tmp_path, monkeypatch):
+    fakes = Fakes(monkeypatch)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cmp, "fit", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        cmp.compare(write_recipe(tmp_path), output=tmp_path / "out")
+    assert not (tmp_path / "out" / "tiny" / "zero_shot" / "result.json").exists()
+    assert fakes.fitted == []
+
+
+def test_unknown_strategy_lists_the_ones_that_exist(tmp_path, monkeypatch):
+    Fakes(monkeypatch)
+    recipe = write_recipe(tmp_path, strategies={"lroa": {}})
+    with pytest.raises(ConfigError) as err:
+        cmp.compare(recipe, output=tmp_path / "out")
+    message = str(err.value)
+    assert "strategies.lroa" in message and "Did you mean 'lora'?" in message
+    assert all(name in message for name in cmp.STRATEGIES)
+
+
+def test_default_strategies_leave_out_rag_without_corpus_and_unaffordable_full(tmp_path, monkeypatch):
+    Fakes(monkeypatch)
+    recipe = write_recipe(tmp_path)
+    data = yaml.safe_load(recipe.read_text())
+    del data["strategies"]
+    recipe.write_text(yaml.safe_dump(data, sort_keys=False))
+    plan = cmp.load_plan(recipe, output=tmp_path / "out")
+    names, notes = cmp.strategies_for("tiny", plan)
+    assert list(names) == ["zero_shot", "few_shot", "prompt_search", "prompt_tuning", "p_tuning", "lora", "full"]
+    monkeypatch.setattr(cmp, "full_is_affordable", lambda model: (False, "too big"))
+    plan.corpus = ["docs/"]
+    names, notes = cmp.strategies_for("tiny", plan)
+    assert "full" not in names and "rag" in names and notes == ["full fine-tuning of tiny left out: too big"]
+    monkeypatch.setattr(cmp, "is_encoder", lambda model: True)
+    names, _ = cmp.strategies_for("tiny", plan)
+    assert list(names) == ["prompt_tuning", "p_tuning", "lora"]
+
+
+def test_full_is_affordable_follows_the_16_bytes_per_parameter_rule(monkeypatch, tiny_llama_dir):
+    import os
+
+    ok, why = cmp.full_is_affordable(str(tiny_llama_dir))
+    assert ok and why == ""
+    monkeypatch.setattr(os, "sysconf", lambda name: 1 if name == "SC_PAGE_SIZE" else 1000)
+    ok, why = cmp.full_is_affordable(str(tiny_llama_dir))
+    assert not ok and "more than half" in why
+
+
+def test_quick_merges_its_limit_and_training_settings(tmp_path, monkeypatch):
+    Fakes(monkeypatch)
+    recipe = write_recipe(tmp_path, eval={"limit": None, "batch_size": 4},
+                          quick={"limit": 5, "train": {"max_steps": 2}})
+    plan = cmp.load_plan(recipe, output=tmp_path / "out", quick=True)
+    assert plan.eval == {"limit": 5, "batch_size": 4} and plan.quick["train"] == {"max_steps": 2}
+    assert cmp.load_plan(recipe, output=tmp_path / "out").eval["limit"] is None
+    with pytest.raises(ConfigError, match="eval.limt"):
+        cmp.load_plan(write_recipe(tmp_path, eval={"limt": 3}), output=tmp_path / "out")
+
+
+def test_training_data_is_chat_with_the_answer_or_text_label_rows(tmp_path):
+    plan = cmp.load_plan(write_recipe(tmp_path), output=tmp_path / "out")
+    files = cmp.write_training_data(plan.task, tmp_path / "chat", classify=False, limit=3)
+    rows = [json.loads(line) for line in files["train"].read_text().splitlines()]
+    assert len(rows) == 3 and set(files) == {"train", "eval"}
+    first = plan.task.examples("train")[0]
+    assert rows[0]["messages"][-1] == {"role": "assistant", "content": plan.task.answer_text(first)}
+    assert rows[0]["messages"][-1]["content"] in ("bearish", "bullish", "neutral")
+    assert rows[0]["messages"][-2]["role"] == "user" and first.input in rows[0]["messages"][-2]["content"]
+    files = cmp.write_training_data(plan.task, tmp_path / "head", classify=True)
+    rows = [json.loads(line) for line in files["train"].read_text().splitlines()]
+    assert rows[0] == {"text": first.input, "label": first.references[0]}
+    assert len(rows) == len(plan.task.examples("train"))
+
+
+def test_slug_makes_a_folder_name():
+    assert cmp.slug("smollm2-135m-instruct") == "smollm2-135m-instruct"
+    assert cmp.slug("/models/My Model/") == "My-Model"
+    assert cmp.slug("org/name:v1") == "name-v1"
+
+
+def test_retention_flags_a_rise_beyond_the_margin():
+    from tailorlm.evaluation.retention import retention_report
+
+    kept = retention_report(20.0, 21.9, margin=0.1, text="/data/input.txt", tokens=256)
+    assert kept == {"text": "input.txt", "tokens": 256, "before": 20.0, "after": 21.9,
+                    "change": pytest.approx(0.095), "margin": 0.1, "flagged": False}
+    assert retention_report(20.0, 22.2, margin=0.1)["flagged"] is True
+    assert retention_report(20.0, 15.0, margin=0.0)["flagged"] is False
+
+
+def test_retention_settings_name_the_bad_key(tmp_path):
+    from tailorlm.evaluation.retention import RetentionSettings
+
+    (tmp_path / "general.txt").write_text("To be, or not to be, that is the question.\n" * 20)
+    settings = RetentionSettings.from_dict({"text": "general.txt", "margin": 0.2}, where="r.yaml", base_dir=tmp_path)
+    assert settings.text == str(tmp_path / "general.txt") and settings.margin == 0.2
+    assert RetentionSettings.from_dict(None, where="r.yaml", base_dir=tmp_path) is None
+    with pytest.raises(ConfigError, match="retention.marg"):
+        RetentionSettings.from_dict({"text": "general.txt", "marg": 1}, where="r.yaml", base_dir=tmp_path)
+    with pytest.raises(ConfigError, match="retention.text"):
+        RetentionSettings.from_dict({"text": "missing.txt"}, where="r.yaml", base_dir=tmp_path)
+    with pytest.raises(ConfigError, match="retention.margin"):
+        RetentionSettings.from_dict({"text": "general.txt", "margin": -1}, where="r.yaml", base_dir=tmp_path)
+
+
+def test_base_perplexity_is_measured_once_and_cached(tmp_path, tiny_llama_dir, monkeypatch):
+    from tailorlm.evaluation import retention
+    from tailorlm.models.load import load_model
+
+    (tmp_path / "general.txt").write_text("The quick brown fox jumps over the lazy dog.\n" * 10)
+    settings = retention.RetentionSettings(text=str(tmp_path / "general.txt"), max_tokens=64, window=32)
+    cache = tmp_path / "base.json"
+    value = retention.base_perplexity(str(tiny_llama_dir), settings, cache=cache)
+    model, tokenizer = load_model(str(tiny_llama_dir), progress=False)
+    direct, tokens = retention.model_perplexity(model, tokenizer, settings)
+    assert value == pytest.approx(direct) and tokens == 64 and 1.0 < value < len(tokenizer) * 2
+    monkeypatch.setattr("tailorlm.models.load.load_model", lambda *a, **k: pytest.fail("measured again"))
+    assert retention.base_perplexity(str(tiny_llama_dir), settings, cache=cache) == value
