@@ -14,7 +14,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, metavar="N", help="score only the first N examples, for a quick look")
     parser.add_argument("--batch-size", type=int, default=8, metavar="N", help="examples per forward pass (default 8)")
     parser.add_argument("--max-new-tokens", type=int, metavar="N",
-                        help="longest generated answer (default by answer form: label 8, text/span 64, number 256, code 384)")
+                        help="longest generated answer (default by answer form: label 16, text/span 64, number 256, code 384)")
     parser.add_argument("--scoring", default="auto", choices=("auto", "choice", "generate", "head", "perplexity"),
                         help="how answers are made (default: constrained choice for labels, generation otherwise)")
     parser.add_argument("--output", metavar="DIR", help="folder for metrics.json and predictions.jsonl "
