@@ -83,10 +83,9 @@ def recommend(leaderboard: Mapping[str, Any]) -> dict[str, Any]:
             f"{best['score']:.3f} (95% CI {low:.3f}-{high:.3f}), at {format_seconds(total_seconds(best))} of training and "
             f"answering.")
     if choice is not None:
-        ratio = total_seconds(best) / max(total_seconds(choice), 1e-9)
         text += (f" {entry_name(choice, with_model=several_models)} scores {choice['score']:.3f}, inside that "
-                 f"interval, and costs {_ratio(ratio)} less ({format_seconds(total_seconds(choice))}): on this test set "
-                 f"the two cannot be told apart, so pick it when cost matters.")
+                 f"interval, and costs {format_seconds(total_seconds(choice))}: on this test set the two cannot be "
+                 f"told apart, so pick it when cost matters.")
     else:
         text += " No cheaper strategy scores within its confidence interval."
     tied = [entry_name(e, with_model=several_models) for e in entries
@@ -454,6 +453,3 @@ def format_megabytes(value: Any) -> str:
     value = float(value)
     return f"{value / 1024:.2f} GB" if value >= 1024 else f"{value:.1f} MB" if value >= 1 else f"{value * 1024:.0f} kB"
 
-
-def _ratio(ratio: float) -> str:
-    return f"{ratio:.0f}x" if ratio >= 10 else f"{ratio:.1f}x"
