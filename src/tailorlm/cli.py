@@ -14,7 +14,7 @@ from tailorlm.errors import TailorError
 # verb -> (module that defines `add_arguments(parser)` and `run(args) -> int`, one-line help).
 # Modules are imported only when their verb runs, so `tailor --help` stays fast.
 VERBS: dict[str, tuple[str, str]] = {
-    "quickstart": ("tailorlm.commands.quickstart", "Run the built-in defaults end to end on a shipped data set."),
+    "quickstart": ("tailorlm.commands.quickstart", "Tailor the built-in model to finance sentiment four ways and compare them."),
     "models": ("tailorlm.commands.models", "List, pull and describe model references."),
     "data": ("tailorlm.commands.data", "Check data before training: lengths, masks, overlap, PII."),
     "estimate": ("tailorlm.commands.estimate", "Estimate parameters, memory and time of a training run."),
