@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tailorlm.data import token_cache
+from tailorlm.data import corpus_documents
 from tailorlm.data.token_cache import build_token_cache, open_token_cache, token_dtype
 from tailorlm.errors import ConfigError, DataError
 
@@ -53,10 +53,10 @@ def write_jsonl(path: Path, rows: list) -> Path:
 def small_pieces(monkeypatch):
     """Pieces of 300 characters with 64 of context, rows of 1,000 characters and reads of 97 bytes (which cut
     multi-byte characters), so that small files take many pieces and rows."""
-    monkeypatch.setattr(token_cache, "READ_BYTES", 97)
-    monkeypatch.setattr(token_cache, "WINDOW_CHARS", 300)
-    monkeypatch.setattr(token_cache, "CONTEXT_CHARS", 64)
-    monkeypatch.setattr(token_cache, "ROW_CHARS", 1000)
+    monkeypatch.setattr(corpus_documents, "READ_BYTES", 97)
+    monkeypatch.setattr(corpus_documents, "WINDOW_CHARS", 300)
+    monkeypatch.setattr(corpus_documents, "CONTEXT_CHARS", 64)
+    monkeypatch.setattr(corpus_documents, "ROW_CHARS", 1000)
 
 
 class Guarded:
@@ -318,7 +318,7 @@ def test_progress_bars_name_each_step(tiny_tokenizer, tmp_path, capsys):
 def test_a_file_that_is_not_utf8_text_is_named(
     tiny_tokenizer, tmp_path, monkeypatch, name, content, where, found, read_bytes
 ):
-    monkeypatch.setattr(token_cache, "READ_BYTES", read_bytes)
+    monkeypatch.setattr(corpus_documents, "READ_BYTES", read_bytes)
     good, bad = tmp_path / "good.txt", tmp_path / name
     good.write_text(DOCS[0], encoding="utf-8")
     bad.write_bytes(content)
