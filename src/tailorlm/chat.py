@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tailorlm.errors import ConfigError, ModelError, TailorError
+from tailorlm.files import write_atomic
 
 COMMANDS: dict[str, str] = {
     "/reset": "forget the conversation; the system prompt stays",
@@ -201,13 +200,7 @@ class ChatSession:
             raise ConfigError("the folder to save into does not exist", where=str(path.parent),
                               expected="an existing folder")
         text = json.dumps({"messages": self.conversation()}, indent=1, ensure_ascii=False) + "\n"
-        temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-        try:
-            temporary.write_text(text, encoding="utf-8")
-            os.replace(temporary, path)
-        finally:
-            temporary.unlink(missing_ok=True)
-        return path
+        return write_atomic(path, text)
 
     def handle(self, line: str, *, on_text: Callable[[str], None] | None = None,
                on_note: Callable[[str], None] | None = None) -> Outcome:

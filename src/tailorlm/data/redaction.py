@@ -11,7 +11,6 @@ import csv
 import io
 import json
 import os
-import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 from tailorlm.data.loaders import read_records, read_text
 from tailorlm.data.pii import PLACEHOLDERS, find_personal_data
 from tailorlm.errors import ConfigError
+from tailorlm.files import write_atomic
 
 _JSONL = (".jsonl", ".ndjson")
 _TABLES = {".csv": ",", ".tsv": "\t"}
@@ -56,7 +56,7 @@ def redact_data(source: str | Path, out_path: str | Path) -> Redaction:
                               found=f"the output name {out.name!r}", expected="a name ending in .jsonl")
         lines = [json.dumps(_redact_value(r.fields, counts), ensure_ascii=False, default=str) for r in records]
         text, written = "\n".join(lines) + "\n", "jsonl"
-    _write_atomically(out, text)
+    write_atomic(out, text)
     return Redaction(str(out), written, {kind: counts[kind] for kind in PLACEHOLDERS if counts[kind]})
 
 
@@ -103,16 +103,3 @@ def _same_file(source: Path, out: Path) -> bool:
     if out.resolve() == source.resolve() or (source.is_dir() and source.resolve() in out.resolve().parents):
         return True
     return out.exists() and source.exists() and os.path.samefile(source, out)
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    """Write through a temporary file in the same folder, so a failure leaves no half-written copy."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

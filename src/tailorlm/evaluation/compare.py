@@ -33,6 +33,7 @@ from tailorlm.errors import ConfigError, TailorError
 from tailorlm.evaluation import report
 from tailorlm.evaluation.fitting import PeakMemory, fit, write_training_data  # noqa: F401 (compare.write_training_data)
 from tailorlm.evaluation.retention import RetentionSettings, base_perplexity, check_retention
+from tailorlm.files import write_atomic
 
 STRATEGIES = ("zero_shot", "few_shot", "prompt_search", "rag", "prompt_tuning", "p_tuning", "prefix_tuning", "lora",
               "dora", "ia3", "full")
@@ -410,8 +411,5 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(data, indent=1, ensure_ascii=False, default=str), encoding="utf-8")
-    os.replace(temporary, path)
+    write_atomic(path, json.dumps(data, indent=1, ensure_ascii=False, default=str))
 

@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
@@ -25,6 +23,7 @@ from typing import Any, Callable, Protocol, Sequence
 from tailorlm.errors import ConfigError, DataError, ModelError
 from tailorlm.evaluation.likelihood import (_check_length, _logsumexp, _pad_id, continuation_logprobs, greedy,
                                             option_logprobs)
+from tailorlm.files import write_atomic
 from tailorlm.tasks.task import Task, TaskExample
 
 SCORINGS: tuple[str, ...] = ("auto", "choice", "generate", "head", "perplexity")
@@ -220,19 +219,9 @@ def write_result(result: EvalResult, output: str | Path) -> Path:
     folder = Path(output)
     folder.mkdir(parents=True, exist_ok=True)
     lines = "".join(json.dumps(p, ensure_ascii=False, default=str) + "\n" for p in result.predictions)
-    _write_atomic(folder / PREDICTIONS_FILE, lines)
-    _write_atomic(folder / METRICS_FILE, json.dumps(result.to_dict(), indent=1, ensure_ascii=False, default=str) + "\n")
+    write_atomic(folder / PREDICTIONS_FILE, lines)
+    write_atomic(folder / METRICS_FILE, json.dumps(result.to_dict(), indent=1, ensure_ascii=False, default=str) + "\n")
     return folder
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Write `text` beside `path` and rename it over, so a reader never sees half a file."""
-    temp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        temp.write_text(text, encoding="utf-8")
-        os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
 
 
 def _run(loaded: Loaded, task: Task, examples: list[TaskExample], *, scoring: str, batch_size: int,

@@ -8,12 +8,12 @@ than `margin` (a share: 0.1 is 10%). The base model's number is measured once pe
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 from tailorlm.errors import ConfigError
+from tailorlm.files import write_atomic
 
 RETENTION_KEYS = ("text", "max_tokens", "margin", "window")
 
@@ -99,10 +99,7 @@ def base_perplexity(base_model: str, settings: RetentionSettings, *, cache: Path
     model, tokenizer = load_model(base_model, progress=False)
     value, _ = model_perplexity(model, tokenizer, settings)
     if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        temporary = cache.with_suffix(".tmp")
-        temporary.write_text(json.dumps({"key": key, "perplexity": value}), encoding="utf-8")
-        os.replace(temporary, cache)
+        write_atomic(cache, json.dumps({"key": key, "perplexity": value}))
     return value
 
 

@@ -21,10 +21,11 @@ f16 0.041 (0.11%), q8_0 1.67 (4.4%) with 100% top-1 agreement.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from tailorlm.files import write_atomic
 
 PROMPTS = (
     "The capital of France is",
@@ -180,8 +181,4 @@ def compare(reference: list[Any], exported: list[Any], *, export: str, inputs: l
 
 def write_report(report: ParityReport, folder: Path, **extra: Any) -> Path:
     """Write `parity.json` into `folder` (temporary file, then rename)."""
-    path = Path(folder) / "parity.json"
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps({**report.to_dict(), **extra}, indent=1), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return write_atomic(Path(folder) / "parity.json", json.dumps({**report.to_dict(), **extra}, indent=1))

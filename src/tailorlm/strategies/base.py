@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from tailorlm import __version__
-from tailorlm.errors import ModelError
+from tailorlm.errors import ModelError, TailorError
 
 MANIFEST = "specialist.json"
 FORMAT_VERSION = 1
@@ -72,6 +72,16 @@ def read_manifest(folder: Path) -> Manifest:
                          hint="Upgrade tailorlm")
     known = set(Manifest.__dataclass_fields__)
     return Manifest(**{k: v for k, v in data.items() if k in known})
+
+
+def manifest_or_none(folder: str | Path) -> Manifest | None:
+    """The manifest of `folder`, or None when the folder holds no readable specialist manifest (for "is it a ...?")."""
+    try:
+        if not (Path(folder) / MANIFEST).is_file():
+            return None
+        return read_manifest(Path(folder))
+    except (OSError, ValueError, TypeError, TailorError):
+        return None
 
 
 def save_specialist(output: Path, model: Any, tokenizer: Any, manifest: Manifest,

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import random
 import re
-import uuid
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,8 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from tailorlm.errors import ConfigError, ModelError, TailorError
-from tailorlm.strategies.base import MANIFEST, Manifest, file_sha256, library_versions, read_manifest
+from tailorlm.errors import ConfigError, ModelError
+from tailorlm.files import write_atomic
+from tailorlm.strategies.base import MANIFEST, Manifest, file_sha256, library_versions, manifest_or_none, read_manifest
 
 PROMPT_STRATEGIES = ("zero_shot", "few_shot", "prompt_search")
 SELECTIONS = ("random", "balanced", "knn")
@@ -106,8 +105,8 @@ class PromptSpecialist:
         }
         if self.selection == "knn":
             lines = "".join(json.dumps(_example_dict(e), ensure_ascii=False, default=str) + "\n" for e in self.pool)
-            _write_atomic(folder / POOL_FILE, lines.encode("utf-8"))
-            _write_atomic(folder / VECTORS_FILE, _npy_bytes(np.asarray(self.pool_vectors, dtype=np.float32)))
+            write_atomic(folder / POOL_FILE, lines)
+            write_atomic(folder / VECTORS_FILE, _npy_bytes(np.asarray(self.pool_vectors, dtype=np.float32)))
             config["pool"] = {"examples": POOL_FILE, "vectors": VECTORS_FILE, "size": len(self.pool),
                               "embed_model": self.settings.get("embed_model")}
         data: dict[str, dict[str, str]] = {}
@@ -119,7 +118,7 @@ class PromptSpecialist:
                             strategy=self.strategy, objective="sft", weights="none", config=config, data=data,
                             versions=library_versions())
         text = json.dumps(manifest.to_dict(), indent=1, ensure_ascii=False, default=str)
-        _write_atomic(folder / MANIFEST, text.encode("utf-8"))
+        write_atomic(folder / MANIFEST, text)
         return folder
 
     @classmethod
@@ -166,13 +165,8 @@ class PromptSpecialist:
 
 def is_prompt_specialist(folder: str | Path) -> bool:
     """Whether `folder` holds a specialist made by zero_shot, few_shot or prompt_search."""
-    try:
-        if not (Path(folder) / MANIFEST).is_file():
-            return False
-        manifest = read_manifest(Path(folder))
-    except (OSError, ValueError, TypeError, TailorError):
-        return False
-    return manifest.strategy in PROMPT_STRATEGIES and manifest.weights == "none"
+    manifest = manifest_or_none(folder)
+    return manifest is not None and manifest.strategy in PROMPT_STRATEGIES and manifest.weights == "none"
 
 
 def fit_prompting(strategy: str, task: Any, base_model: str, settings: Mapping[str, Any] | None = None, *,
@@ -503,12 +497,3 @@ def _npy_bytes(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     np.save(buffer, array, allow_pickle=False)
     return buffer.getvalue()
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        temporary.write_bytes(data)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)

@@ -8,16 +8,17 @@ embedding model and the retrieval settings. Nothing is copied: the index stays w
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from tailorlm.errors import ConfigError, DataError, ModelError, TailorError
+from tailorlm.files import write_atomic
 from tailorlm.retrieval.answer import DEFAULT_MIN_SCORE, RagAnswer, answer_question
 from tailorlm.retrieval.search import MODES
-from tailorlm.strategies.base import MANIFEST, Manifest, library_versions, load_specialist, read_manifest
+from tailorlm.strategies.base import (MANIFEST, Manifest, library_versions, load_specialist, manifest_or_none,
+                                     read_manifest)
 
 STRATEGY = "rag"
 GENERATIVE = ("sft", "pretrain")
@@ -117,22 +118,15 @@ def save_rag_specialist(output: str | Path, *, model: str, index: str | Path,
         config={"index": str(index_path), "embed_model": embed_model, "retrieval": asdict(settings)},
         metrics={"index_chunks": chunks}, versions=library_versions(),
     )
-    output.mkdir(parents=True, exist_ok=True)
-    temporary = output / f".{MANIFEST}.tmp"
-    temporary.write_text(json.dumps(manifest.to_dict(), indent=1, ensure_ascii=False), encoding="utf-8")
-    os.replace(temporary, output / MANIFEST)
+    write_atomic(output / MANIFEST, json.dumps(manifest.to_dict(), indent=1, ensure_ascii=False))
     return output
 
 
 def is_rag_specialist(folder: str | Path) -> bool:
     """Whether `folder` holds a specialist made by the rag strategy (alone or wrapping a trained specialist)."""
-    try:
-        if not (Path(folder) / MANIFEST).is_file():
-            return False
-        manifest = read_manifest(Path(folder))
-    except (OSError, ValueError, TypeError, TailorError):
-        return False
-    return manifest.strategy.split("+")[-1] == STRATEGY and "index" in manifest.config
+    manifest = manifest_or_none(folder)
+    return (manifest is not None and manifest.strategy.split("+")[-1] == STRATEGY
+            and "index" in manifest.config)
 
 
 class RagSpecialist:
