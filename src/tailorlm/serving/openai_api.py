@@ -99,9 +99,7 @@ def create_app(served: Mapping[str, Any], engine: Engine, *, api_key: str | None
         else:
             prompt_ids = await _encode(target.encode_chat, messages) if _has_template(target) else []
         sampling = _sampling(body, target, len(prompt_ids))
-        call = _Call(engine, Request(served=target, sampling=sampling, on_event=lambda e: None, prompt_ids=prompt_ids,
-                                     prompt=target.chat_messages(messages), deadline=_deadline(timeout)))
-        call.start()
+        call = _start(engine, target, sampling, prompt_ids, target.chat_messages(messages), timeout)
         if body.get("stream"):
             return _sse(call.chat_chunks(target.name, _include_usage(body)))
         return await call.chat_response(target.name)
@@ -117,9 +115,7 @@ def create_app(served: Mapping[str, Any], engine: Engine, *, api_key: str | None
                 raise ApiError(400, f"{unsupported!r} is not supported by this server", param=unsupported)
         prompt_ids = await _encode(target.encode_text, prompt)
         sampling = _sampling(body, target, len(prompt_ids))
-        call = _Call(engine, Request(served=target, sampling=sampling, on_event=lambda e: None, prompt_ids=prompt_ids,
-                                     prompt=prompt, deadline=_deadline(timeout)))
-        call.start()
+        call = _start(engine, target, sampling, prompt_ids, prompt, timeout)
         if body.get("stream"):
             return _sse(call.completion_chunks(target.name, _include_usage(body)))
         return await call.completion_response(target.name)
@@ -170,6 +166,16 @@ class _ApiKey:
                 await ApiError(401, message, code="invalid_api_key").response()(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+
+def _start(engine: Any, target: Any, sampling: Any, prompt_ids: list[int], prompt: Any,
+           timeout: float | None) -> "_Call":
+    """Queue one generation request with the engine; its events reach the returned call."""
+    call = _Call(engine, Request(served=target, sampling=sampling, on_event=lambda e: None, prompt_ids=prompt_ids,
+                                 prompt=prompt, deadline=_deadline(timeout)))
+    call.start()
+    return call
 
 
 class _Call:
