@@ -81,3 +81,25 @@ def tiny_llama_dir(tmp_path_factory) -> Path:
     model.save_pretrained(path)
     tok.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_dir(tiny_llama_dir, tmp_path_factory) -> Path:
+    """The tiny Llama with larger random weights (so its greedy text varies) and a ChatML chat template."""
+    import torch
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    from tailorlm.data.templates import ensure_chat_template
+
+    folder = tmp_path_factory.mktemp("tiny-chat")
+    model = LlamaForCausalLM.from_pretrained(tiny_llama_dir)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.normal_(0.0, 0.3)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    ensure_chat_template(tokenizer)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

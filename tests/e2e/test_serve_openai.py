@@ -27,25 +27,6 @@ EMBED = "tiny-embed"
 HELLO = [{"role": "user", "content": "What is the capital of France?"}]
 
 
-def chat_model(source: Path, folder: Path) -> Path:
-    """The tiny model with larger random weights (so its greedy text varies) and a ChatML chat template."""
-    from transformers import AutoTokenizer, LlamaForCausalLM
-
-    from tailorlm.data.templates import ensure_chat_template
-
-    model = LlamaForCausalLM.from_pretrained(source)
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() > 1:
-                p.normal_(0.0, 0.3)
-    tokenizer = AutoTokenizer.from_pretrained(source)
-    ensure_chat_template(tokenizer)
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
 def sentence_encoder(folder: Path) -> Path:
     """A tiny random BERT saved as a sentence-transformers folder (mean pooling)."""
     from sentence_transformers import SentenceTransformer
@@ -93,8 +74,8 @@ def client(url: str, key: str = KEY) -> "openai.OpenAI":
 
 
 @pytest.fixture(scope="module")
-def models_dir(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    return {"chat": chat_model(tiny_llama_dir, tmp_path_factory.mktemp("chat")),
+def models_dir(tiny_chat_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return {"chat": tiny_chat_dir,
             "embed": sentence_encoder(tmp_path_factory.mktemp("embed"))}
 
 

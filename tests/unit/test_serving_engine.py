@@ -17,25 +17,6 @@ PROMPTS = ["The quick brown fox", "What is the capital of France? Paris is", "he
 GREEDY = Sampling(max_tokens=24, temperature=0.0)
 
 
-def lively_model(source: Path, folder: Path, seed: int = 1) -> Path:
-    """A copy of the tiny model with larger random weights (its greedy text varies) and a ChatML chat template."""
-    from transformers import AutoTokenizer, LlamaForCausalLM
-
-    from tailorlm.data.templates import ensure_chat_template
-
-    model = LlamaForCausalLM.from_pretrained(source)
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() > 1:
-                p.normal_(0.0, 0.3)
-    tokenizer = AutoTokenizer.from_pretrained(source)
-    ensure_chat_template(tokenizer)
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
 def adapter_specialist(base_dir: Path, folder: Path, seed: int) -> Path:
     """A LoRA specialist folder over `base_dir` (random non-zero adapter weights), saved as `tailor train` saves one."""
     import peft
@@ -59,8 +40,8 @@ def adapter_specialist(base_dir: Path, folder: Path, seed: int) -> Path:
 
 
 @pytest.fixture(scope="module")
-def lively_dir(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return lively_model(tiny_llama_dir, tmp_path_factory.mktemp("lively"))
+def lively_dir(tiny_chat_dir: Path) -> Path:
+    return tiny_chat_dir
 
 
 @pytest.fixture(scope="module")
