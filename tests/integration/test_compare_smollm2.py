@@ -67,6 +67,7 @@ def test_compare_smollm2_prompting_and_training(recipe, tmp_path):
     assert entries["zero_shot"]["trainable_parameters"] == 0 and entries["zero_shot"]["disk_mb"] < 1
     best = board["best"]
     assert best["strategy"] in STRATEGIES and (out / "best" / "specialist.json").is_file()
+    assert entries[best["strategy"]]["score"] == max(e["score"] for e in entries.values())
     manifest = json.loads((out / "best" / "specialist.json").read_text(encoding="utf-8"))
     assert manifest["strategy"] == best["strategy"]
     page = (out / "report.html").read_text(encoding="utf-8")

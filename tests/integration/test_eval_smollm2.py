@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from tailorlm.cli import main
+from tailorlm.tasks.metrics import corpus_score
 
 pytestmark = pytest.mark.integration
 FINANCE = Path(__file__).resolve().parents[2] / "examples" / "data" / "sentiment" / "twitter_financial_news_sentiment"
@@ -37,6 +38,8 @@ def test_eval_zero_shot_on_finance_tweets(tmp_path: Path, capsys) -> None:
               metrics["tokens_per_second"], metrics["extra"]["generate"]["score"]]
     assert all(math.isfinite(v) for v in values), metrics
     assert 0.0 <= metrics["ci_low"] <= metrics["score"] <= metrics["ci_high"] <= 1.0
+    assert metrics["score"] == pytest.approx(corpus_score("macro_f1", [r["prediction"] for r in rows],
+                                                          [r["references"] for r in rows]))
     assert metrics["seconds_per_example"] > 0 and metrics["tokens_per_second"] > 0
     # Constrained choice always names a label; every log-probability is a real number below zero.
     assert all(r["prediction"] in ("0", "1", "2") for r in rows)

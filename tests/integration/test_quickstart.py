@@ -55,6 +55,7 @@ def test_quickstart_smoke_compares_four_strategies_and_prints_working_commands(t
     best = out / "best"
     manifest = json.loads((best / "specialist.json").read_text(encoding="utf-8"))
     assert manifest["strategy"] == board["best"]["strategy"] in STRATEGIES
+    assert entries[board["best"]["strategy"]]["score"] == max(e["score"] for e in entries.values())
     assert f"best specialist: {best} ({board['best']['strategy']} on {MODEL})" in run.stdout
 
     chat, serve = _command(run.stdout, "chat"), _command(run.stdout, "serve")
@@ -63,7 +64,7 @@ def test_quickstart_smoke_compares_four_strategies_and_prints_working_commands(t
     # the printed chat command opens the best specialist (stdin ends at once, so it loads and exits)
     opened = _tailor(*chat[1:])
     assert opened.returncode == 0, opened.stderr[-2000:]
-    assert "chatting with" in opened.stdout
+    assert f"chatting with {best}" in opened.stdout
 
     # a second run reuses every finished strategy and prints the same best specialist
     results = {name: out / MODEL / name / "result.json" for name in STRATEGIES}

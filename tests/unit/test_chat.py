@@ -81,6 +81,7 @@ def test_history_is_trimmed_oldest_first_to_fit_and_the_system_prompt_stays(load
     assert len(notes) == sum(1 for r in replies if r.dropped)
     # Only as much was dropped as needed: the last turn's prompt with one more old pair would not have fitted.
     last = replies[-1]
+    assert last.dropped >= 1  # by the eighth turn every new one pushes an old one out
     if last.dropped:
         one_more = [{"role": "user", "content": asked[dropped - 1]}, {"role": "assistant", "content": "x"}]
         without_answer = chat.history[:-1]

@@ -122,15 +122,23 @@ def test_a_rerun_reuses_finished_strategies_and_retries_failed_ones(tmp_path, mo
 
 def test_interrupting_a_strategy_leaves_no_result(tmp_path, monkeypatch):
     fakes = Fakes(monkeypatch)
+    evaluate = fakes.evaluate
 
-    def interrupted(*args, **kwargs):
-        raise KeyboardInterrupt
+    def interrupted_at_few_shot(plan, specialist, output):
+        if json.loads((specialist / "specialist.json").read_text())["strategy"] == "few_shot":
+            raise KeyboardInterrupt
+        return evaluate(plan, specialist, output)
 
-    monkeypatch.setattr(cmp, "fit", interrupted)
+    monkeypatch.setattr(cmp, "evaluate_specialist", interrupted_at_few_shot)
+    recipe = write_recipe(tmp_path)
     with pytest.raises(KeyboardInterrupt):
-        cmp.compare(write_recipe(tmp_path), output=tmp_path / "out")
-    assert not (tmp_path / "out" / "tiny" / "zero_shot" / "result.json").exists()
-    assert fakes.fitted == []
+        cmp.compare(recipe, output=tmp_path / "out")
+    assert (tmp_path / "out" / "tiny" / "zero_shot" / "result.json").is_file()
+    assert not (tmp_path / "out" / "tiny" / "few_shot" / "result.json").exists()
+    assert fakes.fitted == ["zero_shot", "few_shot"]
+    again = Fakes(monkeypatch)
+    cmp.compare(recipe, output=tmp_path / "out")
+    assert again.fitted == ["few_shot", "lora", "p_tuning"]  # zero_shot's result is reused
 
 
 def test_unknown_strategy_lists_the_ones_that_exist(tmp_path, monkeypatch):

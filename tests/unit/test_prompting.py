@@ -313,6 +313,7 @@ def test_propose_paraphrases_with_a_tiny_model(tiny_llama_dir):
     model, tokenizer = load_model(str(tiny_llama_dir))
     for tokenizer.chat_template in (None, CHATML):  # a plain prompt, then chat messages with the worked example
         found = propose_paraphrases(model, tokenizer, "Classify the sentiment.", 2)
+        assert propose_paraphrases(model, tokenizer, "Classify the sentiment.", 2) == found  # seeded: repeatable
         assert len(found) <= 2 and len(set(found)) == len(found)
         assert all(line.strip() and len(line) <= 200 and not re.match(r"^\d+[.)]", line) for line in found)
 
