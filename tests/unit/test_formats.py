@@ -136,6 +136,8 @@ def test_squad_takes_the_first_answer_and_keeps_all_in_meta():
         (["sentence", "label"], "text_label"),
         (["reviews", "sentiment"], "text_label"),
         (["Text", "Label"], "text_label"),
+        (["index", "answer", "text", "slice"], "text_label"),  # LegalBench train.tsv: the label is `answer`
+        (["label", "answer", "text"], "text_label"),
         (["_id", "title", "text"], "text"),
         (["chosen", "rejected"], "preference"),
         (["prompt", "chosen", "rejected"], "preference"),
@@ -159,6 +161,11 @@ def test_detect_format_failure_lists_columns_and_formats():
 def test_aliases_and_case_are_used_when_converting():
     assert convert(recs({"Sentence": "nice", "Sentiment": 1}), where="d") == [
         ClassificationExample("nice", "1", Origin("d.jsonl", 1))]
+
+
+def test_a_label_column_wins_over_an_answer_column():
+    assert convert(recs({"text": "t", "label": "Yes", "answer": "No"}), where="d")[0].label == "Yes"
+    assert convert(recs({"index": 0, "answer": "No", "text": "t"}), where="d")[0].label == "No"
 
 
 def test_column_mapping_and_dotted_paths(tmp_path):

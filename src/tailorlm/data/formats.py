@@ -27,7 +27,7 @@ from tailorlm.errors import ConfigError, DataError
 # Canonical column -> the names it is known by in public data sets, the canonical name first.
 ALIASES: dict[str, tuple[str, ...]] = {
     "text": ("text", "sentence", "content", "document", "review", "reviews", "tweet"),
-    "label": ("label", "labels", "sentiment", "class", "category"),
+    "label": ("label", "labels", "sentiment", "class", "category", "answer"),  # LegalBench train files: answer
     "question": ("question", "query"),
     "answer": ("answer", "response", "output"),
     "context": ("context", "passage"),
