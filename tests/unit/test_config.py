@@ -23,6 +23,29 @@ def test_recipe_values_then_command_line_then_set(tmp_path):
     assert config.base_dir == str(tmp_path.resolve())
 
 
+def test_quick_merges_its_section_over_the_recipe_and_flags_still_win(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: m\nobjective: pretrain\nmethod: full\ndata: d.txt\noutput: runs/full\n"
+                      "train: {max_steps: 200, lr: 0.002, eval_every: 25}\n"
+                      "quick: {output: runs/short, train: {max_steps: 20, eval_every: 5}}\n")
+    full = resolve_config(recipe)
+    assert (full.output, full.train.max_steps, full.train.eval_every) == ("runs/full", 200, 25)
+    short = resolve_config(recipe, quick=True)
+    assert (short.output, short.train.max_steps, short.train.eval_every, short.train.lr) == ("runs/short", 20, 5, 0.002)
+    flagged = resolve_config(recipe, quick=True, values={"train.max_steps": 7}, overrides=["train.eval_every=1"])
+    assert (flagged.train.max_steps, flagged.train.eval_every) == (7, 1)
+
+
+def test_quick_without_a_quick_section_says_how_to_shorten_the_run(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: m\nobjective: sft\nmethod: lora\ndata: d.jsonl\noutput: o\n")
+    with pytest.raises(ConfigError, match=r"r.yaml: the recipe has no quick: section \(key 'quick'\).*--max-steps"):
+        resolve_config(recipe, quick=True)
+    recipe.write_text("model: m\nobjective: sft\nmethod: lora\ndata: d.jsonl\noutput: o\nquick: 20\n")
+    with pytest.raises(ConfigError, match="quick: must be a mapping"):
+        resolve_config(recipe, quick=True)
+
+
 def test_default_learning_rate_depends_on_method():
     assert resolve_config(values={**BASE, "method": "full"}).train.lr == DEFAULT_LR["full"] == 2e-5
     assert resolve_config(values=BASE).train.lr == DEFAULT_LR["lora"]

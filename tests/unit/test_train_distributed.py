@@ -63,7 +63,7 @@ def test_each_process_gets_the_same_command_without_nproc():
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     given = ["recipe.yaml", "--model", "m", "--data", "d.jsonl", "--output", "out dir", "--max-steps", "5", "--nproc",
-             "2", "--set", "lora.r=4", "--set", "data.split={eval: 0.2}", "--resume"]
+             "2", "--set", "lora.r=4", "--set", "data.split={eval: 0.2}", "--resume", "--quick"]
     args = parser.parse_args(given)
     relaunched = _command_line(args)
     assert relaunched[0] == "train" and "--nproc" not in relaunched

@@ -21,6 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=float, help="passes over the training data (when --max-steps is not given)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override any setting, e.g. --set train.lr=1e-4 --set lora.r=8 (repeatable)")
+    parser.add_argument("--quick", action="store_true",
+                        help="merge the recipe's quick: settings (a short run) over the others")
     parser.add_argument("--dry-run", action="store_true", help="print the resolved settings and stop")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --output")
     parser.add_argument("--overwrite", action="store_true", help="move an existing output folder aside and start anew")
@@ -34,7 +36,7 @@ def resolve(args: argparse.Namespace) -> Any:
 
     values = {"model": args.model, "data": args.data, "method": args.method, "objective": args.objective,
               "output": args.output, "train.max_steps": args.max_steps, "train.epochs": args.epochs}
-    return resolve_config(args.recipe, values=values, overrides=args.set)
+    return resolve_config(args.recipe, values=values, overrides=args.set, quick=getattr(args, "quick", False))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -82,5 +84,5 @@ def _command_line(args: argparse.Namespace) -> list[str]:
             argv += ["--" + flag.replace("_", "-"), str(value)]
     for setting in args.set:
         argv += ["--set", setting]
-    argv += [f"--{flag}" for flag in ("resume", "overwrite", "debug") if getattr(args, flag, False)]
+    argv += [f"--{flag}" for flag in ("quick", "resume", "overwrite", "debug") if getattr(args, flag, False)]
     return argv

@@ -293,10 +293,15 @@ REPORT_ONLY_KEYS = ("samples",)
 
 
 def resolve_config(recipe: str | Path | None = None, *, values: dict[str, Any] | None = None,
-                   overrides: list[str] | None = None) -> RunConfig:
-    """Merge a recipe, explicit command-line values (dotted keys) and `key=value` overrides into a checked RunConfig."""
+                   overrides: list[str] | None = None, quick: bool = False) -> RunConfig:
+    """Merge a recipe, explicit command-line values (dotted keys) and `key=value` overrides into a checked RunConfig.
+
+    With `quick`, the recipe's `quick:` section (a short run: fewer steps, another output folder) is merged over the
+    rest of the recipe first; flags and overrides still win over it. Without it the section is ignored.
+    """
     data: dict[str, Any] = load_yaml(recipe) if recipe else {}
     source = str(recipe) if recipe else "<command line>"
+    data = _with_quick(data, quick, source)
     base_dir = str(Path(recipe).resolve().parent) if recipe else str(Path.cwd())
     if isinstance(data.get("data"), (str, list)):
         data["data"] = {"train": data["data"]}
@@ -313,6 +318,29 @@ def resolve_config(recipe: str | Path | None = None, *, values: dict[str, Any] |
             raise ConfigError(f"unknown {name}", where=source, key=name, found=repr(data[name]),
                               expected="one of " + ", ".join(allowed), hint=suggest(str(data[name]), allowed))
     return build_dataclass(RunConfig, {**data, "source": source, "base_dir": base_dir}, where=source, section="")
+
+
+def _with_quick(data: dict[str, Any], quick: bool, source: str) -> dict[str, Any]:
+    """The recipe without its `quick:` section, or with it merged in (mappings merged key by key) when `quick`."""
+    section = data.pop("quick", None)
+    if not quick:
+        return data
+    if section is None:
+        raise ConfigError("the recipe has no quick: section", where=source, key="quick",
+                          expected="a mapping of the settings of a short run, e.g. quick: {train: {max_steps: 20}}",
+                          hint="Run without --quick, or shorten it with --max-steps N")
+    if not isinstance(section, dict):
+        raise ConfigError("quick: must be a mapping", where=source, key="quick", found=repr(section),
+                          expected="settings of the recipe, e.g. {train: {max_steps: 20}, output: runs/short}")
+    return _merged(data, section)
+
+
+def _merged(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        merged[key] = (_merged(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict)
+                       else value)
+    return merged
 
 
 def _plain(text: str) -> bool:
