@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -11,6 +12,7 @@ import yaml
 
 from tailorlm.errors import ConfigError
 from tailorlm.evaluation import compare as cmp
+from tailorlm.evaluation import fitting
 
 ROWS = [("shares fall after weak guidance", 0), ("profit beats estimates, stock jumps", 1),
         ("company schedules earnings call", 2), ("analyst cuts target", 0), ("record revenue", 1),
@@ -38,24 +40,35 @@ def write_recipe(folder: Path, **extra) -> Path:
 
 
 class Fakes:
-    """Fake fit / evaluate that record their calls; `fail` names strategies whose fit raises."""
+    """Fake fit / evaluate that record their calls; `fail` names entries whose fit raises, `real` strategies fitted
+    for real (fitting.fit), and with `chat_manifests` a trained entry's specialist is a manifest with a chat
+    tokenizer, as a RAG specialist can wrap."""
 
-    def __init__(self, monkeypatch, fail=()):
+    def __init__(self, monkeypatch, fail=(), real=(), chat_manifests=False, extra=None):
         self.fitted: list[str] = []
-        self.fail = set(fail)
+        self.calls: list[dict] = []
+        self.fail, self.real, self.chat_manifests = set(fail), set(real), chat_manifests
+        self.extra = extra or {}
         monkeypatch.setattr(cmp, "fit", self.fit)
         monkeypatch.setattr(cmp, "evaluate_specialist", self.evaluate)
         monkeypatch.setattr(cmp, "is_encoder", lambda model: False)
         monkeypatch.setattr(cmp, "full_is_affordable", lambda model: (True, ""))
+        monkeypatch.setattr(cmp, "check_inputs", lambda plan, console: None)  # the base models here are fakes
 
-    def fit(self, plan, model, strategy, settings, folder, *, console):
-        self.fitted.append(strategy)
-        if strategy in self.fail:
-            raise RuntimeError(f"{strategy} exploded")
+    def fit(self, plan, model, strategy, settings, folder, *, console, name=None, wraps=None):
+        self.fitted.append(name)
+        self.calls.append({"name": name, "strategy": strategy, "settings": settings, "wraps": wraps})
+        if name in self.fail:
+            raise RuntimeError(f"{name} exploded")
+        if strategy in self.real:
+            return fitting.fit(plan, model, strategy, settings, folder, console=console, name=name, wraps=wraps)
         specialist = folder / "specialist"
         specialist.mkdir(parents=True, exist_ok=True)
-        (specialist / "specialist.json").write_text(json.dumps({"strategy": strategy}), encoding="utf-8")
         trained = strategy in cmp.TRAINED
+        if trained and self.chat_manifests:
+            write_chat_specialist(specialist, strategy, settings)
+        else:
+            (specialist / "specialist.json").write_text(json.dumps({"strategy": strategy}), encoding="utf-8")
         return specialist, ({"train_seconds": 100.0, "steps": 3, "trainable_parameters": 4096,
                              "loss_curve": [[1, 2.0], [2, 1.5], [3, 1.1]]} if trained else {"trainable_parameters": 0})
 
@@ -68,7 +81,21 @@ class Fakes:
         output.mkdir(parents=True, exist_ok=True)
         (output / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
         return SimpleNamespace(metric="macro_f1", score=score, ci=(low, high), examples=len(test), scoring="choice",
-                               seconds_per_example=0.01, tokens_per_second=50.0, extra={})
+                               seconds_per_example=0.01, tokens_per_second=50.0, extra=self.extra.get(strategy, {}))
+
+
+def write_chat_specialist(folder: Path, strategy: str, settings: dict) -> None:
+    """A stand-in for a trained sft specialist: its manifest and a tokenizer with a chat template (no weights)."""
+    from conftest import build_tiny_tokenizer
+    from tailorlm.data.templates import CHATML_TEMPLATE
+    from tailorlm.strategies.base import Manifest
+
+    tokenizer = build_tiny_tokenizer()
+    tokenizer.chat_template = CHATML_TEMPLATE
+    tokenizer.save_pretrained(folder)
+    manifest = Manifest(base_model="tiny", base_model_path="tiny", strategy=strategy, objective="sft",
+                        weights="adapter", config={"settings": settings})
+    (folder / "specialist.json").write_text(json.dumps(manifest.to_dict()), encoding="utf-8")
 
 
 def test_compare_writes_leaderboard_report_and_best(tmp_path, monkeypatch):
@@ -249,3 +276,172 @@ def test_base_perplexity_is_measured_once_and_cached(tmp_path, tiny_llama_dir, m
     assert value == pytest.approx(direct) and tokens == 64 and 1.0 < value < len(tokenizer) * 2
     monkeypatch.setattr("tailorlm.models.load.load_model", lambda *a, **k: pytest.fail("measured again"))
     assert retention.base_perplexity(str(tiny_llama_dir), settings, cache=cache) == value
+
+
+# -- named variants, rag over a trained entry, citations --------------------------------------------------------------
+
+SYSTEM = "You are an expert Python programmer."
+
+
+def test_a_named_variant_runs_its_strategy_in_its_own_folder(tmp_path, monkeypatch, tiny_llama_dir):
+    fakes = Fakes(monkeypatch, real={"zero_shot"})
+    checked = []
+    monkeypatch.setattr(cmp, "_retention", lambda plan, model, specialist, console: checked.append(specialist.parent.name)
+                        or {"change": 0.01, "flagged": False})
+    (tmp_path / "general.txt").write_text("Some general text to measure forgetting on.\n" * 5)
+    recipe = write_recipe(tmp_path, base_models=[str(tiny_llama_dir)], retention={"text": "general.txt"},
+                          strategies={"zero_shot": {}, "code_prompt": {"strategy": "zero_shot", "system": SYSTEM},
+                                      "short_lora": {"strategy": "lora", "train": {"max_steps": 1}}})
+    board = cmp.compare(recipe, output=tmp_path / "out")
+    # the fitters get the entry's name for their errors, and settings without `strategy`
+    assert [(c["name"], c["strategy"], c["settings"]) for c in fakes.calls] == [
+        ("zero_shot", "zero_shot", {}), ("code_prompt", "zero_shot", {"system": SYSTEM}),
+        ("short_lora", "lora", {"train": {"max_steps": 1}})]
+    model = cmp.slug(str(tiny_llama_dir))
+    saved = {name: json.loads((tmp_path / "out" / model / name / "specialist" / "specialist.json").read_text())
+             for name in ("zero_shot", "code_prompt")}
+    assert saved["code_prompt"]["strategy"] == "zero_shot" and saved["code_prompt"]["config"]["system"] == SYSTEM
+    assert saved["zero_shot"]["config"]["system"] is None
+    assert [(e["strategy"], e["method"]) for e in board.entries] == [
+        ("zero_shot", "zero_shot"), ("code_prompt", "zero_shot"), ("short_lora", "lora")]
+    variant = json.loads((tmp_path / "out" / model / "code_prompt" / "result.json").read_text())
+    assert variant["specialist"] == f"{model}/code_prompt/specialist" and variant["settings"]["system"] == SYSTEM
+    # a variant of a trained strategy counts as trained: its forgetting is checked, the prompts' are not
+    assert checked == ["short_lora"] and board.entry(str(tiny_llama_dir), "short_lora")["retention"]["change"] == 0.01
+    assert "<td>code_prompt</td>" in (tmp_path / "out" / "report.html").read_text()
+
+
+def test_errors_of_a_variant_name_its_entry(tmp_path, monkeypatch):
+    from rich.console import Console
+
+    Fakes(monkeypatch)
+    plan = cmp.load_plan(write_recipe(tmp_path), output=tmp_path / "out")
+    with pytest.raises(ConfigError) as err:
+        fitting.fit(plan, "tiny", "lora", {"lroa": {}}, tmp_path / "a", console=Console(quiet=True), name="short_lora")
+    assert err.value.key == "strategies.short_lora.lroa"
+    with pytest.raises(ConfigError) as err:
+        fitting.fit(plan, "tiny", "zero_shot", {"k": 3}, tmp_path / "b", console=Console(quiet=True), name="code_prompt")
+    assert err.value.where == "strategies.code_prompt (strategy zero_shot)" and err.value.key == "k"
+
+
+def test_over_targets_run_before_the_entries_that_use_them(tmp_path):
+    recipe = write_recipe(tmp_path, corpus="docs", strategies={
+        "lora_rag": {"strategy": "rag", "over": "lora"}, "zero_shot": {}, "dora_rag": {"strategy": "rag", "over": "big"},
+        "lora": {}, "big": {"strategy": "dora"}})
+    plan = cmp.load_plan(recipe, output=tmp_path / "out")
+    assert list(plan.strategies) == ["lora", "lora_rag", "zero_shot", "big", "dora_rag"]
+    assert plan.strategies["lora_rag"] == {"strategy": "rag", "over": "lora"}
+
+
+@pytest.mark.parametrize("strategies, key, says", [
+    ({"code_prompt": {"strategy": "zero_shto"}}, "strategies.code_prompt.strategy", "Did you mean 'zero_shot'?"),
+    ({"lora": {"strategy": "dora"}}, "strategies.lora.strategy", "an entry named after a strategy runs that strategy"),
+    ({"a/b": {"strategy": "zero_shot"}}, "strategies.a/b", "its folder name"),
+    ({"rag": {"over": "lora"}}, "strategies.rag.over", "over names no entry"),
+    ({"lora": {}, "rag": {"over": "lroa"}}, "strategies.rag.over", "Did you mean 'lora'?"),
+    ({"rag": {"over": "rag"}}, "strategies.rag.over", "cannot answer over itself"),
+    ({"zero_shot": {}, "rag": {"over": "zero_shot"}}, "strategies.rag.over", "zero_shot, a zero_shot entry"),
+    ({"lora": {}, "lora_rag": {"strategy": "rag", "over": "lora"}, "again": {"strategy": "rag", "over": "lora_rag"}},
+     "strategies.again.over", "lora_rag, a rag entry"),
+    ({"lora": {}, "dora": {"over": "lora"}}, "strategies.dora.over", "only a rag entry"),
+    ({"full": {"models": ["minilm"]}}, "strategies.full.models", "a list drawn from tiny"),
+    ({"full": {"models": "tiny"}}, "strategies.full.models", "must list some of the recipe's base_models"),
+])
+def test_bad_strategy_and_over_values_name_their_key(tmp_path, strategies, key, says):
+    with pytest.raises(ConfigError) as err:
+        cmp.load_plan(write_recipe(tmp_path, strategies=strategies), output=tmp_path / "out")
+    assert err.value.key == key and says in str(err.value)
+
+
+def write_corpus(folder: Path) -> Path:
+    rows = [{"_id": "doc-1", "title": "Earnings", "text": "Shares fall after weak guidance."},
+            {"_id": "doc-2", "title": "Revenue", "text": "Record revenue lifts the stock."}]
+    corpus = folder / "docs" / "corpus.jsonl"
+    corpus.parent.mkdir(parents=True, exist_ok=True)
+    corpus.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return corpus
+
+
+def test_lora_rag_wraps_the_lora_specialist_and_follows_its_fingerprint(tmp_path, monkeypatch):
+    from _retrieval_fakes import FakeEmbedder
+
+    monkeypatch.setattr("tailorlm.retrieval.embeddings.Embedder", lambda model_ref="minilm-l6", **kw: FakeEmbedder(model_ref))
+    cited = {"citation_rate": 0.5, "citation_accuracy": 0.25, "retrieval_hit": 0.75, "gold_not_indexed": 2,
+             "gold_not_indexed_examples": ["MPlusHealthTopics-1"]}
+    write_corpus(tmp_path)
+    recipe = write_recipe(tmp_path, corpus="docs/corpus.jsonl", strategies={
+        "lora_rag": {"strategy": "rag", "over": "lora", "k": 1}, "lora": {"train": {"max_steps": 3}}})
+    fakes = Fakes(monkeypatch, real={"rag"}, chat_manifests=True, extra={"lora+rag": cited})
+    board = cmp.compare(recipe, output=tmp_path / "out")
+    lora = tmp_path / "out" / "tiny" / "lora" / "specialist"
+    assert fakes.fitted == ["lora", "lora_rag"] and fakes.calls[1]["wraps"] == lora
+    assert fakes.calls[1]["settings"] == {"k": 1}  # neither `strategy` nor `over` reaches the fitter
+    manifest = json.loads((tmp_path / "out" / "tiny" / "lora_rag" / "specialist" / "specialist.json").read_text())
+    assert (manifest["strategy"], manifest["base_model"]) == ("lora+rag", str(lora.resolve()))
+    assert manifest["config"]["retrieval"]["k"] == 1 and manifest["config"]["index"] == str(tmp_path / "out" / "rag-index")
+    entry = board.entry("tiny", "lora_rag")
+    assert entry["method"] == "rag" and entry["trainable_parameters"] == 4096 and entry["train_seconds"] >= 100.0
+    assert entry["extra"] == cited
+    page = (tmp_path / "out" / "report.html").read_text()
+    row = re.search(r'<table id="citations">.*?<td>lora_rag</td>(.*?)</tr>', page, re.S).group(1)
+    assert re.findall(r">([\d.]+%)<", row) == ["50.0%", "25.0%", "75.0%"]
+    assert f"lora_rag: 2 of {entry['examples']} right-document ids are not in the index" in page
+    assert "&#x27;MPlusHealthTopics-1&#x27;" in page
+
+    def over_fingerprint():
+        return json.loads((tmp_path / "out" / "tiny" / "lora_rag" / "result.json").read_text())["fingerprint"]["over"]
+
+    assert over_fingerprint()["settings"] == {"train": {"max_steps": 3}}
+    again = Fakes(monkeypatch, real={"rag"}, chat_manifests=True)
+    cmp.compare(recipe, output=tmp_path / "out")
+    assert again.fitted == []  # both reused
+    retrained = Fakes(monkeypatch, real={"rag"}, chat_manifests=True)
+    cmp.compare(recipe, output=tmp_path / "out", overrides=["strategies.lora.train.max_steps=5"])
+    assert retrained.fitted == ["lora", "lora_rag"]  # a retrained lora invalidates the lora+rag result
+    assert over_fingerprint()["settings"] == {"train": {"max_steps": 5}}
+    rag_only = Fakes(monkeypatch, real={"rag"}, chat_manifests=True)
+    cmp.compare(recipe, output=tmp_path / "out", overrides=["strategies.lora.train.max_steps=5",
+                                                             "strategies.lora_rag.k=2"])
+    assert rag_only.fitted == ["lora_rag"]
+
+
+def test_lora_rag_fails_clearly_when_its_lora_failed(tmp_path, monkeypatch):
+    fakes = Fakes(monkeypatch, fail={"lora"})
+    recipe = write_recipe(tmp_path, corpus="docs", strategies={
+        "zero_shot": {}, "lora": {}, "lora_rag": {"strategy": "rag", "over": "lora"}})
+    board = cmp.compare(recipe, output=tmp_path / "out")
+    assert fakes.fitted == ["zero_shot", "lora"]  # nothing is fitted over a failed lora
+    failed = board.entry("tiny", "lora_rag")
+    assert failed["status"] == "failed" and failed["method"] == "rag"
+    assert "lora_rag answers through lora, which failed" in failed["error"] and "lora exploded" in failed["error"]
+    assert board.best["strategy"] == "zero_shot"
+
+
+def test_a_citation_doc_naming_a_missing_field_stops_the_plan(tmp_path):
+    recipe = write_recipe(tmp_path, eval={"citation_doc": "{source}-{qid}"})
+    with pytest.raises(ConfigError) as err:
+        cmp.load_plan(recipe, output=tmp_path / "out")
+    assert err.value.key == "eval.citation_doc" and "data.csv, row" in str(err.value)
+    assert "no field 'source'" in str(err.value)
+
+
+def test_each_base_model_runs_the_entries_that_fit_it_and_notes_the_others(tmp_path, monkeypatch):
+    """An encoder skips prompting (and what wraps a skipped entry); `models:` keeps an entry to some base models."""
+    recipe = write_recipe(tmp_path, base_models=["enc", "tiny"], corpus="docs", strategies={
+        "zero_shot": {}, "code_prompt": {"strategy": "zero_shot", "system": "Be exact."},
+        "full": {"models": ["enc"]}, "lora": {}, "lora_rag": {"strategy": "rag", "over": "lora", "models": ["tiny"]}})
+    fakes = Fakes(monkeypatch)
+    monkeypatch.setattr(cmp, "is_encoder", lambda model: model == "enc")
+    board = cmp.compare(recipe, output=tmp_path / "out")
+    ran = [(e["model"], e["strategy"]) for e in board.entries]
+    assert ran == [("enc", "full"), ("enc", "lora"), ("tiny", "zero_shot"), ("tiny", "code_prompt"), ("tiny", "lora"),
+                   ("tiny", "lora_rag")]
+    assert fakes.calls[0]["settings"] == {}  # models: is the recipe's business, not the fitter's
+    notes = board.data["notes"]
+    assert "zero_shot left out for enc: an encoder classifies with a trained head, and zero_shot needs a model that " \
+           "writes text" in notes
+    assert "code_prompt left out for enc: an encoder classifies with a trained head, and zero_shot needs a model " \
+           "that writes text" in notes
+    assert "lora_rag left out for enc: the recipe runs it only for tiny" in notes
+    assert "full left out for tiny: the recipe runs it only for enc" in notes
+    assert len(notes) == 4

@@ -244,3 +244,157 @@ def test_tailor_eval_prints_the_metric_and_writes_the_files(chat_llama_dir, tmp_
     assert f"macro_f1 {metrics['score']:.4f} [95% CI {metrics['ci_low']:.4f}-{metrics['ci_high']:.4f}]" in printed.out
     assert code == 0 and len((out / "predictions.jsonl").read_text().splitlines()) == 3
     assert main(["eval", str(chat_llama_dir), "--task", str(recipe), "--limit", "0", "--output", str(out)]) == 2
+
+
+# -- RAG specialists: sources, citations and whether they name the right document -------------------------------------
+
+QA = [{"question": f"question {i}?", "answer": f"answer {i}", "source": source, "qid": qid}
+      for i, (source, qid) in enumerate([("A", "1"), ("A", "2"), ("B", "3"), ("B", "4"), ("C", "5")])]
+
+
+def hits(*doc_ids):
+    from _retrieval_fakes import make_chunk
+    from tailorlm.retrieval.store import Hit
+
+    return [Hit(f"{d}:{i}", 1.0, make_chunk(f"{d}:{i}", d, f"passage of {d}")) for i, d in enumerate(doc_ids)]
+
+
+class FakeRag:
+    """A RAG specialist that gives fixed answers in order and records each question and its max_new_tokens."""
+
+    def __init__(self, answers):
+        from tailorlm.strategies.rag import RagSettings
+
+        self.settings, self.answers, self.asked, self.closed = RagSettings(), list(answers), [], False
+
+    def ask(self, question):
+        self.asked.append((question, self.settings.max_new_tokens))
+        return self.answers[len(self.asked) - 1]
+
+    def close(self):
+        self.closed = True
+
+
+def fake_rag_target(monkeypatch, answers):
+    from _retrieval_fakes import word_tokenizer
+
+    rag = FakeRag(answers)
+    monkeypatch.setattr(evaluator, "load_target", lambda target, progress=True: evaluator.Loaded(
+        "fake-rag", None, word_tokenizer(), lambda task, example: task.messages(example), "rag", rag=rag))
+    return rag
+
+
+def test_rag_answers_record_their_sources_and_citations_and_score_them_against_the_gold_document(tmp_path, monkeypatch):
+    from tailorlm.retrieval.answer import NOT_FOUND, RagAnswer
+
+    task = load_task(write_recipe(tmp_path, {"answer": "text", "metric": "exact_match"}, {"train": QA, "test": QA}))
+    answers = [
+        RagAnswer("q0", "A-1 says so [1].", True, hits("A-1", "B-2"), [1]),  # cites the gold document
+        RagAnswer("q1", "B-2 says so [1].", True, hits("B-2", "A-2"), [1]),  # the gold was given, another cited
+        RagAnswer("q2", "both [1][2]", True, hits("A-1", "A-1"), [1, 2]),  # two passages of one wrong document
+        RagAnswer("q3", NOT_FOUND, False),  # refused: nothing given, nothing cited
+        RagAnswer("q4", "no citation", True, hits("C-5"), []),  # the gold was given but the answer cites nothing
+    ]
+    rag = fake_rag_target(monkeypatch, answers)
+    result = evaluate("rag-folder", task, max_new_tokens=7, citation_doc="{source}-{qid}", progress=False,
+                      output=tmp_path / "eval")
+    rows = [json.loads(line) for line in (tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()]
+    assert [r["sources"] for r in rows] == [["A-1", "B-2"], ["B-2", "A-2"], ["A-1", "A-1"], [], ["C-5"]]
+    assert [r["cited"] for r in rows] == [["A-1"], ["B-2"], ["A-1"], [], []]
+    assert [r["gold_doc"] for r in rows] == ["A-1", "A-2", "B-3", "B-4", "C-5"]
+    assert [r["output"] for r in rows] == [a.text for a in answers]
+    extra = json.loads((tmp_path / "eval" / "metrics.json").read_text())["extra"]
+    assert (extra["citation_rate"], extra["citation_accuracy"], extra["retrieval_hit"]) == (3 / 5, 1 / 5, 3 / 5)
+    assert result.extra["citation_accuracy"] == 0.2
+    # each question is the rendered user message, asked with the evaluation's max_new_tokens; the settings come back
+    assert rag.asked == [(task.messages(e)[-1]["content"], 7) for e in task.examples("test")]
+    assert rag.settings.max_new_tokens == 256 and rag.closed
+
+    rag = fake_rag_target(monkeypatch, answers)
+    plain = evaluate("rag-folder", task, max_new_tokens=7, progress=False)
+    assert plain.extra["citation_rate"] == 3 / 5 and "citation_accuracy" not in plain.extra
+    assert "gold_doc" not in plain.predictions[0] and plain.predictions[2]["cited"] == ["A-1"]
+
+
+def test_a_citation_doc_naming_a_missing_field_names_the_row_and_its_fields(tmp_path, monkeypatch):
+    task = load_task(write_recipe(tmp_path, {"answer": "text"}, {"train": QA, "test": QA}))
+    monkeypatch.setattr(evaluator, "load_target", lambda *a, **k: pytest.fail("loaded before the check"))
+    with pytest.raises(ConfigError) as err:
+        evaluate("rag-folder", task, citation_doc="{source}-{id}", progress=False)
+    message = str(err.value)
+    assert err.value.key == "eval.citation_doc" and "test.jsonl, row 1" in message and "no field 'id'" in message
+    assert "fields of the row: source, qid, context, question, answer" in message
+    with pytest.raises(ConfigError, match="not a format string"):
+        evaluate("rag-folder", task, citation_doc="{source", progress=False)
+
+
+def test_a_rag_specialist_over_a_beir_corpus_cites_by_the_corpus_ids(tmp_path, monkeypatch, chat_llama_dir):
+    from _retrieval_fakes import FakeEmbedder
+    from tailorlm.retrieval.index import build_index
+    from tailorlm.strategies.rag import save_rag_specialist
+
+    monkeypatch.setattr("tailorlm.retrieval.embeddings.Embedder", lambda model_ref="fake-bow", **kw: FakeEmbedder(model_ref))
+    docs = [{"_id": "CDC-7", "title": "Mumps", "text": "mumps swelling glands fever"},
+            {"_id": "NINDS-9", "title": "Stroke", "text": "stroke brain blood clot"},
+            {"_id": "CDC-8", "title": "Flu", "text": "influenza cough season vaccine"}]
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs), encoding="utf-8")
+    build_index([tmp_path / "docs" / "corpus.jsonl"], tmp_path / "index", embedder=FakeEmbedder(), progress=False)
+    specialist = save_rag_specialist(tmp_path / "rag", model=str(chat_llama_dir), index=tmp_path / "index",
+                                     overrides={"k": 2, "mode": "dense", "min_score": -1.0})
+    rows = [{"question": "stroke brain clot", "answer": "x", "source": "NINDS", "qid": "9"},
+            {"question": "mumps glands", "answer": "y", "source": "CDC", "qid": "7"},
+            {"question": "influenza cough", "answer": "z", "source": "CDCFlu", "qid": "8"}]  # no such _id
+    task = load_task(write_recipe(tmp_path, {"answer": "text", "instruction": ""}, {"train": rows, "test": rows}))
+    result = evaluate(specialist, task, max_new_tokens=3, citation_doc="{source}-{qid}", progress=False)
+    assert [r["sources"][0] for r in result.predictions] == ["NINDS-9", "CDC-7", "CDC-8"]  # the BEIR _id is the doc id
+    assert all(len(r["sources"]) == 2 and set(r["cited"]) <= set(r["sources"]) for r in result.predictions)
+    assert result.extra["retrieval_hit"] == 2 / 3
+    assert result.extra["citation_accuracy"] == sum(r["gold_doc"] in r["cited"] for r in result.predictions) / 3
+    # a gold id the index does not hold is counted, so a citation_doc that misspells the corpus ids shows
+    assert (result.extra["gold_not_indexed"], result.extra["gold_not_indexed_examples"]) == (1, ["CDCFlu-8"])
+
+
+def test_citations_can_be_matched_on_a_field_of_the_documents(tmp_path, monkeypatch):
+    """MedQuAD: the gold is the page the answer comes from (its url), whatever the corpus calls the document."""
+    from _retrieval_fakes import make_chunk
+    from tailorlm.retrieval.answer import RagAnswer
+    from tailorlm.retrieval.store import Hit
+
+    def page(doc, url):
+        return Hit(f"{doc}:0", 1.0, make_chunk(f"{doc}:0", doc, "text", metadata={"url": url, "path": "corpus.jsonl"}))
+
+    rows = [{"question": f"q{i}", "answer": "a", "url": f"http://x/{i}"} for i in range(3)]
+    task = load_task(write_recipe(tmp_path, {"answer": "text"}, {"train": rows, "test": rows}))
+    answers = [RagAnswer("q0", "[1]", True, [page("D7", "http://x/0"), page("D8", "http://x/9")], [1]),
+               RagAnswer("q1", "[1][2]", True, [page("D9", "http://x/9"), page("D1", "http://x/1")], [1]),
+               RagAnswer("q2", "[1][2]", True, [page("D2", "http://x/2"), page("D3", "http://x/2")], [1, 2])]
+    fake_rag_target(monkeypatch, answers)
+    result = evaluate("rag-folder", task, citation_doc="{url}", citation_field="url", progress=False)
+    rows_out = result.predictions
+    assert [r["cited"] for r in rows_out] == [["http://x/0"], ["http://x/9"], ["http://x/2"]]
+    assert [r["cited_docs"] for r in rows_out] == [["D7"], ["D9"], ["D2", "D3"]]
+    assert "_passages" not in rows_out[0]
+    assert (result.extra["citation_accuracy"], result.extra["retrieval_hit"]) == (2 / 3, 1.0)
+    assert "gold_not_indexed" not in result.extra  # the index's doc ids say nothing about urls
+    fake_rag_target(monkeypatch, answers)
+    with pytest.raises(ConfigError, match=r"document D7: the passages have no such field.*'page'.*url, path"):
+        evaluate("rag-folder", task, citation_doc="{url}", citation_field="page", progress=False)
+
+
+def test_other_metrics_are_scored_on_the_same_predictions(tmp_path, monkeypatch):
+    from tailorlm.retrieval.answer import RagAnswer
+
+    task = load_task(write_recipe(tmp_path, {"answer": "span", "metric": "token_f1"}, {"train": QA, "test": QA}))
+    texts = ["answer 0", "answer 1 indeed", "wrong", "nothing", "answer"]
+    fake_rag_target(monkeypatch, [RagAnswer(f"q{i}", t, True) for i, t in enumerate(texts)])
+    result = evaluate("rag-folder", task, metrics=["exact_match"], progress=False)
+    # token F1: 1, 0.8 (precision 2/3, recall 1), 0, 0, 0.667 (precision 1, recall 1/2); exact match: only the first
+    assert result.score == pytest.approx((1 + 0.8 + 0 + 0 + 2 / 3) / 5)
+    exact = result.extra["metrics"]["exact_match"]
+    assert exact["score"] == pytest.approx(0.2) and exact["ci_low"] <= 0.2 <= exact["ci_high"]
+    with pytest.raises(ConfigError, match="eval.metrics"):
+        evaluate("rag-folder", task, metrics=["macro_f1"], progress=False)
+    text_task = load_task(write_recipe(tmp_path, {"answer": "text"}, {"train": QA, "test": QA}))
+    with pytest.raises(ConfigError, match="cannot be scored beside another"):
+        evaluate("rag-folder", text_task, metrics=["perplexity"], progress=False)

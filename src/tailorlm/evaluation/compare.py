@@ -1,11 +1,13 @@
 """`tailor compare`: every strategy of a recipe, for every base model, on the same task, splits and seed.
 
-For each base model and strategy: fit (prompting chooses a prompt; rag points a specialist at an index of `corpus`;
-trained methods run the one training loop on the task's train split written as chat JSONL, or as text/label rows
-with a classification head when the base model is an encoder), evaluate on the test split, and write
-DIR/<model>/<strategy>/result.json. A finished strategy is reused on the next run with the same settings, so an
-interrupted comparison resumes; a failing strategy is recorded with its error and the others go on. At the end:
-DIR/leaderboard.json, DIR/report.html and DIR/best/ (a copy of the winning specialist).
+For each base model and strategy: fit (prompting chooses a prompt; rag points a specialist at an index of `corpus`,
+over the base model or, with `over: ENTRY`, over another entry's trained specialist; trained methods run the one
+training loop on the task's train split written as chat JSONL, or as text/label rows with a classification head when
+the base model is an encoder), evaluate on the test split, and write DIR/<model>/<entry>/result.json. An entry is
+named after its strategy, or is a named variant whose settings say `strategy: <one of STRATEGIES>`. A finished
+entry is reused on the next run with the same settings, so an interrupted comparison resumes; a failing entry is
+recorded with its error and the others go on. At the end: DIR/leaderboard.json, DIR/report.html and DIR/best/ (a
+copy of the winning specialist).
 """
 
 from __future__ import annotations
@@ -29,8 +31,9 @@ from typing import Any
 from rich.console import Console
 
 from tailorlm.config import apply_overrides, load_yaml, suggest
-from tailorlm.errors import ConfigError, TailorError
+from tailorlm.errors import ConfigError, ModelError, TailorError
 from tailorlm.evaluation import report
+from tailorlm.evaluation.inputs import check_inputs
 from tailorlm.evaluation.fitting import PeakMemory, fit, write_training_data  # noqa: F401 (compare.write_training_data)
 from tailorlm.evaluation.retention import RetentionSettings, base_perplexity, check_retention
 from tailorlm.files import write_atomic
@@ -39,7 +42,10 @@ STRATEGIES = ("zero_shot", "few_shot", "prompt_search", "rag", "prompt_tuning", 
               "dora", "ia3", "full")
 TRAINED = ("prompt_tuning", "p_tuning", "prefix_tuning", "lora", "dora", "ia3", "full")
 RECIPE_KEYS = ("task", "data", "base_models", "corpus", "strategies", "eval", "quick", "retention", "output", "seed")
-EVAL_KEYS = ("limit", "batch_size", "max_new_tokens", "scoring")
+EVAL_KEYS = ("limit", "batch_size", "max_new_tokens", "scoring", "metrics", "citation_doc", "citation_field")
+# Settings of a strategies: entry that say what it is rather than how to fit it; the fitters never see them.
+ENTRY_KEYS = ("strategy", "over", "models")
+ENTRY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 DEFAULT_QUICK = {"limit": 60, "train": {"max_steps": 20}}
 # AdamW full fine-tuning holds weights, gradients and two moments in fp32: about 16 bytes per parameter.
 FULL_BYTES_PER_PARAMETER = 16
@@ -74,7 +80,8 @@ class Plan:
     task: Any
     models: list[str]
     strategies: dict[str, dict[str, Any]] | None
-    """None: the default list, chosen per base model."""
+    """Entry name -> its settings as the recipe gives them (with `strategy` and `over`), in running order: every
+    `over` target before the entry that uses it. None: the default list, chosen per base model."""
     eval: dict[str, Any]
     quick: dict[str, Any] | None
     retention: RetentionSettings | None
@@ -88,6 +95,7 @@ def compare(recipe: str | Path, *, output: str | Path | None = None, quick: bool
     """Fit and evaluate every strategy for every base model; write leaderboard.json, report.html and best/."""
     console = console or Console(stderr=True)
     plan = load_plan(recipe, output=output, quick=quick, overrides=list(overrides))
+    check_inputs(plan, console=console)  # base models (pulling a built-in pack) and the corpus, before the output
     plan.output.mkdir(parents=True, exist_ok=True)
     _import_libraries()  # so that the first strategy's time is not the time Python takes to import them
     entries, notes = [], []
@@ -96,8 +104,11 @@ def compare(recipe: str | Path, *, output: str | Path | None = None, quick: bool
         notes += model_notes
         for note in model_notes:
             console.print(f"[yellow]note:[/yellow] {note}")
+        done: dict[str, dict[str, Any]] = {}
         for name, settings in strategies.items():
-            entries.append(run_strategy(plan, model, name, settings, console=console))
+            wrapped = done[settings["over"]] if "over" in settings else None
+            done[name] = run_strategy(plan, model, name, settings, console=console, wrapped=wrapped)
+            entries.append(done[name])
     board = build_leaderboard(plan, entries, notes)
     write_outputs(board, plan.output)
     return Leaderboard(board, plan.output)
@@ -121,9 +132,13 @@ def load_plan(recipe: str | Path, *, output: str | Path | None = None, quick: bo
     if not models or not all(isinstance(m, str) and m for m in models):
         raise ConfigError("missing setting", where=source, key="base_models", found=repr(data.get("base_models")),
                           expected="a list of model references, e.g. [smollm2-135m-instruct]")
-    strategies = _strategy_settings(data.get("strategies"), source)
+    strategies = _strategy_settings(data.get("strategies"), source, models)
     evaluation = _mapping(data.get("eval"), source, "eval")
     _check_keys(evaluation, EVAL_KEYS, source, "eval")
+    if evaluation.get("citation_doc") is not None:  # a wrong field should stop the comparison before anything trains
+        from tailorlm.evaluation.evaluator import citation_docs
+
+        citation_docs(evaluation["citation_doc"], task.examples("test"))
     quick_settings = None
     if quick:
         quick_settings = _mapping(data["quick"], source, "quick") if data.get("quick") else copy.deepcopy(DEFAULT_QUICK)
@@ -151,7 +166,7 @@ def load_plan(recipe: str | Path, *, output: str | Path | None = None, quick: bo
 def strategies_for(model: str, plan: Plan) -> tuple[dict[str, dict[str, Any]], list[str]]:
     """The strategies to run for one base model, with notes on the defaults left out and why."""
     if plan.strategies is not None:
-        return dict(plan.strategies), []
+        return _applicable(model, plan)
     encoder = is_encoder(model)
     notes = []
     names = list(("prompt_tuning", "p_tuning", "lora") if encoder else
@@ -167,6 +182,28 @@ def strategies_for(model: str, plan: Plan) -> tuple[dict[str, dict[str, Any]], l
     else:
         notes.append(f"full fine-tuning of {model} left out: {why}")
     return {name: {} for name in names}, notes
+
+
+def _applicable(model: str, plan: Plan) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """The recipe's entries that run for `model`: those whose `models:` (when given) name it, and, for an encoder,
+    those that can train a classification head; a note for each entry left out (and for what wraps it)."""
+    from tailorlm.evaluation.fitting import ENCODER_STRATEGIES
+
+    assert plan.strategies is not None
+    chosen: dict[str, dict[str, Any]] = {}
+    notes: list[str] = []
+    for name, settings in plan.strategies.items():
+        models = settings.get("models")
+        if models is not None and model not in models:
+            notes.append(f"{name} left out for {model}: the recipe runs it only for {', '.join(models)}")
+        elif settings.get("over") is not None and settings["over"] not in chosen:
+            notes.append(f"{name} left out for {model}: {settings['over']}, which it wraps, does not run for it")
+        elif is_encoder(model) and method_of(name, settings) not in ENCODER_STRATEGIES:
+            notes.append(f"{name} left out for {model}: an encoder classifies with a trained head, and "
+                         f"{method_of(name, settings)} needs a model that writes text")
+        else:
+            chosen[name] = settings
+    return chosen, notes
 
 
 def full_is_affordable(model: str) -> tuple[bool, str]:
@@ -199,11 +236,20 @@ def is_encoder(model: str) -> bool:
     return (info.model_type or "") in ENCODER_TYPES or not generative
 
 
-def run_strategy(plan: Plan, model: str, strategy: str, settings: dict[str, Any], *,
-                 console: Console) -> dict[str, Any]:
-    """One base model and strategy: reuse its saved result, or fit and evaluate it; failures become entries."""
+def method_of(name: str, settings: dict[str, Any]) -> str:
+    """The strategy an entry runs: its `strategy` setting, else its name."""
+    return settings.get("strategy", name)
+
+
+def run_strategy(plan: Plan, model: str, strategy: str, settings: dict[str, Any], *, console: Console,
+                 wrapped: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One base model and entry: reuse its saved result, or fit and evaluate it; failures become entries.
+
+    `strategy` is the entry's name; `wrapped` is the result of the entry its `over` names, already run.
+    """
+    method = method_of(strategy, settings)
     folder = plan.output / slug(model) / strategy
-    fingerprint = _fingerprint(plan, model, strategy, settings)
+    fingerprint = _fingerprint(plan, model, strategy, settings, wrapped=wrapped)
     saved = _saved_result(folder, fingerprint)
     if saved is not None:
         console.print(f"[dim]{strategy} on {model}: reusing the result in {folder}[/dim]")
@@ -213,21 +259,28 @@ def run_strategy(plan: Plan, model: str, strategy: str, settings: dict[str, Any]
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "settings.json").write_text(json.dumps(fingerprint, indent=1, default=str), encoding="utf-8")
     console.rule(f"{strategy} on {model}")
-    entry: dict[str, Any] = {"model": model, "strategy": strategy, "status": "ok", "error": None, "settings": settings}
+    entry: dict[str, Any] = {"model": model, "strategy": strategy, "method": method, "status": "ok", "error": None,
+                             "settings": settings}
     gc.collect()  # what earlier strategies left behind should not count in this one's peak memory
     try:
         with PeakMemory() as memory:
             start = time.perf_counter()
-            specialist, training = fit(plan, model, strategy, settings, folder, console=console)
+            wraps = _wrapped_specialist(plan, strategy, settings, wrapped)
+            fit_settings = {k: v for k, v in settings.items() if k not in ENTRY_KEYS}
+            specialist, training = fit(plan, model, method, fit_settings, folder, console=console, name=strategy,
+                                       wraps=wraps)
             entry["fit_seconds"] = time.perf_counter() - start
             entry.update(training)
             entry.setdefault("train_seconds", entry["fit_seconds"])
+            if wrapped is not None:  # answering through the trained specialist costs its training too
+                entry["train_seconds"] += wrapped.get("train_seconds") or 0.0
+                entry["trainable_parameters"] = wrapped.get("trainable_parameters", 0)
             result = evaluate_specialist(plan, specialist, folder / "eval")
         entry.update(_eval_fields(result, plan))
         entry["peak_memory_mb"] = memory.peak_mb
         entry["specialist"] = str(specialist.relative_to(plan.output))
         entry["disk_mb"] = specialist_size(specialist) / 2**20
-        if strategy in TRAINED and plan.retention is not None and not is_encoder(model):
+        if method in TRAINED and plan.retention is not None and not is_encoder(model):
             entry["retention"] = _retention(plan, model, specialist, console)
     except KeyboardInterrupt:
         raise
@@ -238,6 +291,16 @@ def run_strategy(plan: Plan, model: str, strategy: str, settings: dict[str, Any]
     entry["fingerprint"] = fingerprint
     _write_json(folder / "result.json", entry)
     return entry
+
+
+def _wrapped_specialist(plan: Plan, name: str, settings: dict[str, Any], wrapped: dict[str, Any] | None) -> Path | None:
+    """The trained specialist folder that a rag entry's `over` names; ModelError when that entry failed."""
+    if wrapped is None:
+        return None
+    if wrapped.get("status") != "ok":
+        raise ModelError(f"{name} answers through {settings['over']}, which failed", key=f"strategies.{name}.over",
+                         found=wrapped.get("error") or "no specialist", expected=f"{settings['over']} to finish first")
+    return plan.output / wrapped["specialist"]
 
 
 def evaluate_specialist(plan: Plan, specialist: Path, output: Path) -> Any:
@@ -296,9 +359,13 @@ def specialist_size(folder: Path) -> int:
     total = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not skip & set(p.parts))
     manifest = folder / "specialist.json"
     if manifest.is_file():
-        index = json.loads(manifest.read_text(encoding="utf-8")).get("config", {}).get("index")
+        data = json.loads(manifest.read_text(encoding="utf-8"))
+        index = data.get("config", {}).get("index")
         if isinstance(index, str) and Path(index).is_dir():
             total += sum(p.stat().st_size for p in Path(index).rglob("*") if p.is_file())
+        wrapped = Path(str(data.get("base_model_path")))  # lora+rag: the trained specialist it answers through
+        if "+" in str(data.get("strategy", "")) and (wrapped / "specialist.json").is_file():
+            total += specialist_size(wrapped)
     return total
 
 
@@ -340,7 +407,8 @@ def _higher_is_better(metric: str) -> bool:
         return metric != "perplexity"
 
 
-def _strategy_settings(value: Any, source: str) -> dict[str, dict[str, Any]] | None:
+def _strategy_settings(value: Any, source: str, base_models: list[str]) -> dict[str, dict[str, Any]] | None:
+    """The recipe's entries, checked, in running order (each `over` target before its user, else as listed)."""
     if value is None:
         return None
     if isinstance(value, list):
@@ -348,14 +416,62 @@ def _strategy_settings(value: Any, source: str) -> dict[str, dict[str, Any]] | N
     if not isinstance(value, dict) or not value:
         raise ConfigError("strategies must name at least one strategy", where=source, key="strategies",
                           found=repr(value), expected="a mapping of strategy name to settings, or a list of names")
+    entries = {}
     for name, settings in value.items():
-        if name not in STRATEGIES:
+        variant = isinstance(settings, dict) and "strategy" in settings
+        if name not in STRATEGIES and not variant:
             raise ConfigError("unknown strategy", where=source, key=f"strategies.{name}",
-                              expected="one of " + ", ".join(STRATEGIES), hint=suggest(str(name), STRATEGIES))
+                              expected="one of " + ", ".join(STRATEGIES) + ", or a name of your own with "
+                              "strategy: one of them", hint=suggest(str(name), STRATEGIES))
         if settings is not None and not isinstance(settings, dict):
             raise ConfigError("strategy settings must be a mapping", where=source, key=f"strategies.{name}",
                               found=repr(settings), expected="a mapping such as {k: 4}, or {}")
-    return {name: dict(settings or {}) for name, settings in value.items()}
+        if not isinstance(name, str) or not ENTRY_NAME.fullmatch(name):
+            raise ConfigError("an entry's name is also its folder name", where=source, key=f"strategies.{name}",
+                              found=repr(name), expected="letters, digits, '.', '_' and '-', e.g. code_prompt")
+        method = (settings or {}).get("strategy", name)
+        if method not in STRATEGIES:
+            raise ConfigError("unknown strategy", where=source, key=f"strategies.{name}.strategy", found=repr(method),
+                              expected="one of " + ", ".join(STRATEGIES), hint=suggest(str(method), STRATEGIES))
+        if name in STRATEGIES and method != name:
+            raise ConfigError("an entry named after a strategy runs that strategy", where=source,
+                              key=f"strategies.{name}.strategy", found=repr(method),
+                              expected=f"{name!r}, or another name for the entry (its folder and leaderboard name)")
+        entries[name] = dict(settings or {})
+        models = entries[name].get("models")
+        if models is not None and (not isinstance(models, list) or not models
+                                   or not all(isinstance(m, str) and m in base_models for m in models)):
+            raise ConfigError("models: must list some of the recipe's base_models", where=source,
+                              key=f"strategies.{name}.models", found=repr(models),
+                              expected="a list drawn from " + ", ".join(map(str, base_models)))
+    for name, settings in entries.items():
+        if "over" in settings:
+            _check_over(entries, name, settings["over"], source)
+    ordered: dict[str, dict[str, Any]] = {}
+    for name, settings in entries.items():
+        if "over" in settings:
+            ordered.setdefault(settings["over"], entries[settings["over"]])
+        ordered.setdefault(name, settings)
+    return ordered
+
+
+def _check_over(entries: dict[str, dict[str, Any]], name: str, over: Any, source: str) -> None:
+    """`over` is allowed on a rag entry, naming another entry of the recipe that trains."""
+    key = f"strategies.{name}.over"
+    trained = [n for n, s in entries.items() if method_of(n, s) in TRAINED]
+    expected = "the name of a trained entry of this recipe (" + (", ".join(trained) or "none here") + ")"
+    if method_of(name, entries[name]) != "rag":
+        raise ConfigError("only a rag entry answers over another entry", where=source, key=key,
+                          found=f"{name}, a {method_of(name, entries[name])} entry", expected="over: on a rag entry")
+    if over == name:
+        raise ConfigError("an entry cannot answer over itself", where=source, key=key, found=repr(over),
+                          expected=expected)
+    if not isinstance(over, str) or over not in entries:
+        raise ConfigError("over names no entry of this recipe", where=source, key=key, found=repr(over),
+                          expected=expected, hint=suggest(str(over), trained))
+    if method_of(over, entries[over]) not in TRAINED:
+        raise ConfigError("rag can only answer over a trained entry", where=source, key=key,
+                          found=f"{over}, a {method_of(over, entries[over])} entry", expected=expected)
 
 
 def _mapping(value: Any, source: str, key: str) -> dict[str, Any]:
@@ -373,16 +489,22 @@ def _check_keys(data: dict[str, Any], allowed: tuple[str, ...], source: str, sec
                               expected="one of " + ", ".join(allowed), hint=suggest(str(key), allowed))
 
 
-def _fingerprint(plan: Plan, model: str, strategy: str, settings: dict[str, Any]) -> dict[str, Any]:
-    """What decides a strategy's result: reused only when all of it is unchanged."""
+def _fingerprint(plan: Plan, model: str, strategy: str, settings: dict[str, Any], *,
+                 wrapped: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What decides an entry's result (with a wrapped entry's own fingerprint): reused only when all is unchanged."""
     task = plan.task
     data = json.dumps({"name": task.name, "instruction": task.instruction, "system": task.system,
                        "answer": task.answer, "labels": task.labels, "metric": task.metric,
                        "template": task.input_template, "data": repr(task.data)}, sort_keys=True, default=str)
-    return {"model": model, "strategy": strategy, "settings": settings, "eval": plan.eval, "quick": plan.quick,
-            "seed": plan.seed, "corpus": plan.corpus if strategy == "rag" else [],
-            "retention": None if plan.retention is None else vars(plan.retention),
-            "task": hashlib.sha256(data.encode()).hexdigest()[:16]}
+    rag = method_of(strategy, settings) == "rag"
+    evaluation = plan.eval if rag else {k: v for k, v in plan.eval.items() if not k.startswith("citation_")}  # rag's
+    fingerprint = {"model": model, "strategy": strategy, "settings": settings, "eval": evaluation,
+                   "quick": plan.quick, "seed": plan.seed, "corpus": plan.corpus if rag else [],
+                   "retention": None if plan.retention is None else vars(plan.retention),
+                   "task": hashlib.sha256(data.encode()).hexdigest()[:16]}
+    if wrapped is not None:
+        fingerprint["over"] = wrapped.get("fingerprint")
+    return fingerprint
 
 
 def _saved_fingerprint(folder: Path) -> dict[str, Any] | None:

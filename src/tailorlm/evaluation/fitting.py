@@ -28,14 +28,25 @@ TRAINED_KEYS = ("train", "lora", "prompt", "freeze", "max_examples")
 TRAIN_DEFAULTS = {"max_length": 256, "batch_size": 8, "tensorboard": False}
 
 
-def fit(plan: Plan, model: str, strategy: str, settings: dict[str, Any], folder: Path, *,
-        console: Console) -> tuple[Path, dict[str, Any]]:
-    """Make the specialist of one strategy in folder/specialist; returns it and what training measured."""
-    if strategy in PROMPTING:
-        return fit_prompting(plan, model, strategy, settings, folder), {"trainable_parameters": 0}
-    if strategy == "rag":
-        return fit_rag(plan, model, settings, folder), {"trainable_parameters": 0}
-    return fit_trained(plan, model, strategy, settings, folder, console=console)
+def fit(plan: Plan, model: str, strategy: str, settings: dict[str, Any], folder: Path, *, console: Console,
+        name: str | None = None, wraps: Path | None = None) -> tuple[Path, dict[str, Any]]:
+    """Make the specialist of one strategy in folder/specialist; returns it and what training measured.
+
+    `name` is the recipe entry's name (a variant's differs from its strategy), for errors; `wraps` is the trained
+    specialist folder a rag entry answers through (its `over`).
+    """
+    name = name or strategy
+    try:
+        if strategy in PROMPTING:
+            return fit_prompting(plan, model, strategy, settings, folder), {"trainable_parameters": 0}
+        if strategy == "rag":
+            return fit_rag(plan, model, settings, folder, wraps=wraps), {"trainable_parameters": 0}
+        return fit_trained(plan, model, strategy, settings, folder, console=console, name=name)
+    except ConfigError as err:
+        if name != strategy and err.where == f"strategies.{strategy}":  # prompting names the strategy's section
+            err.where = None
+            raise err.located(f"strategies.{name} (strategy {strategy})") from None
+        raise
 
 
 def fit_prompting(plan: Plan, model: str, strategy: str, settings: dict[str, Any], folder: Path) -> Path:
@@ -61,8 +72,9 @@ def fit_prompting(plan: Plan, model: str, strategy: str, settings: dict[str, Any
     return specialist.save(folder / "specialist", task=plan.task)
 
 
-def fit_rag(plan: Plan, model: str, settings: dict[str, Any], folder: Path) -> Path:
-    """A rag specialist over an index of the recipe's `corpus` (built once per comparison, updated when it changed)."""
+def fit_rag(plan: Plan, model: str, settings: dict[str, Any], folder: Path, *, wraps: Path | None = None) -> Path:
+    """A rag specialist over an index of the recipe's `corpus` (built once per comparison, updated when it changed),
+    answering with the base model, or through the trained specialist folder `wraps` (strategy lora+rag and so on)."""
     from tailorlm.retrieval.index import build_index
     from tailorlm.strategies.rag import save_rag_specialist
 
@@ -76,11 +88,12 @@ def fit_rag(plan: Plan, model: str, settings: dict[str, Any], folder: Path) -> P
     output = folder / "specialist"
     if output.exists():
         shutil.rmtree(output)
-    return save_rag_specialist(output, model=model, index=index, overrides=settings)
+    return save_rag_specialist(output, model=str(wraps) if wraps is not None else model, index=index,
+                               overrides=settings)
 
 
 def fit_trained(plan: Plan, model: str, strategy: str, settings: dict[str, Any], folder: Path, *,
-                console: Console) -> tuple[Path, dict[str, Any]]:
+                console: Console, name: str | None = None) -> tuple[Path, dict[str, Any]]:
     """A trained method through the one training loop; sft on chat JSONL, or classify with a head for an encoder."""
     from tailorlm.evaluation.compare import _check_keys, _write_json, is_encoder
     from tailorlm.training.checkpoint import CHECKPOINTS, list_checkpoints
@@ -88,10 +101,11 @@ def fit_trained(plan: Plan, model: str, strategy: str, settings: dict[str, Any],
     from tailorlm.training.loop import train
     from tailorlm.training.tracking import read_metrics
 
-    _check_keys(settings, TRAINED_KEYS, plan.source, f"strategies.{strategy}")
+    name = name or strategy
+    _check_keys(settings, TRAINED_KEYS, plan.source, f"strategies.{name}")
     encoder = is_encoder(model)
     if encoder and strategy not in ENCODER_STRATEGIES:
-        raise ConfigError(f"{strategy} cannot train a classification head", key=f"strategies.{strategy}",
+        raise ConfigError(f"{strategy} cannot train a classification head", key=f"strategies.{name}",
                           found=f"{model}, an encoder", expected="one of " + ", ".join(ENCODER_STRATEGIES))
     limit = (plan.quick or {}).get("max_examples", settings.get("max_examples"))
     files = write_training_data(plan.task, folder / "data", classify=encoder, limit=limit)

@@ -1,8 +1,9 @@
 """The comparison report: one self-contained HTML page (inline CSS and SVG, no scripts, nothing from a network).
 
 `render_report` reads only the leaderboard (the dict that `compare` writes as leaderboard.json): each entry carries
-its score with the bootstrap CI, its costs, its loss curve, its per-class (or per-slice) results and the
-leaderboard holds a sample of test examples where strategies disagree. `recommend` is the plain-language verdict.
+its score with the bootstrap CI, its costs, its loss curve, its per-class (or per-slice) results (a RAG entry also
+its citation figures in `extra`) and the leaderboard holds a sample of test examples where strategies disagree.
+`recommend` is the plain-language verdict.
 """
 
 from __future__ import annotations
@@ -120,6 +121,7 @@ def render_report(leaderboard: Mapping[str, Any]) -> str:
         "<h2>Training loss</h2>", loss_plot(leaderboard),
         "<h2>Per-class results</h2>" if leaderboard.get("answer") == "label" else "<h2>Per-slice results</h2>",
         per_class_section(leaderboard),
+        *(["<h2>Citations</h2>", citations_table(leaderboard)] if _cited(leaderboard) else []),
         "<h2>Where strategies disagree</h2>", disagreements_table(leaderboard),
         "</body></html>",
     ]
@@ -153,6 +155,32 @@ def leaderboard_table(leaderboard: Mapping[str, Any]) -> str:
                     f'<td colspan="8">failed: <span class="err">{_e(e.get("error") or "no score")}</span></td></tr>')
     rows.append("</tbody></table>")
     return "\n".join(rows)
+
+
+def citations_table(leaderboard: Mapping[str, Any]) -> str:
+    """How the entries that answer from documents cite them: shares of the test examples."""
+    head = ("strategy", "base model", "answers citing a source", "citing the right document", "right document retrieved")
+    rows = ['<table id="citations"><thead><tr>' + "".join(f"<th>{_e(h)}</th>" for h in head) + "</tr></thead><tbody>"]
+    for e in _cited(leaderboard):
+        extra = e["extra"]
+        shares = [extra.get(k) for k in ("citation_rate", "citation_accuracy", "retrieval_hit")]
+        rows.append(f"<tr><td>{_e(e['strategy'])}</td><td>{_e(e['model'])}</td>" + "".join(
+            f'<td class="num">{"—" if v is None else f"{v:.1%}"}</td>' for v in shares) + "</tr>")
+    rows.append("</tbody></table>")
+    rows.append('<p class="note">An answer that cites nothing counts as not citing the right document; without '
+                "eval.citation_doc the right document is unknown (—).</p>")
+    for e in _cited(leaderboard):
+        missing, examples = e["extra"].get("gold_not_indexed"), e["extra"].get("gold_not_indexed_examples") or []
+        if missing:
+            rows.append(f'<p class="note flag">{_e(e["strategy"])}: {missing} of {e.get("examples", "?")} right-document '
+                        f"ids are not in the index (such as {_e(', '.join(map(repr, examples)))}), so neither share can "
+                        "reach 100%; check that eval.citation_doc spells the corpus's document ids.</p>")
+    return "\n".join(rows)
+
+
+def _cited(leaderboard: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The finished entries whose evaluation measured citations (RAG specialists)."""
+    return [e for e in ok_entries(leaderboard) if "citation_rate" in (e.get("extra") or {})]
 
 
 def quality_cost_plot(leaderboard: Mapping[str, Any], *, width: int = 720, height: int = 380) -> str:
