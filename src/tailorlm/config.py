@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import types
 import typing
 from pathlib import Path
@@ -38,6 +39,83 @@ def suggest(name: str, allowed: Iterable[str]) -> str | None:
     """A 'did you mean' hint for a misspelled name, or None."""
     close = difflib.get_close_matches(name, list(allowed), n=1, cutoff=0.6)
     return f"Did you mean {close[0]!r}?" if close else None
+
+
+def missing_path(path: str | Path, *, source: str, key: str, expected: str = "an existing data file or folder",
+                 index: int | None = None) -> ConfigError:
+    """A recipe setting that names a path where nothing is: the recipe, the key, the path and the likeliest fix.
+
+    The hint, first that applies: a close name in the same folder; the command in the recipe's comments that makes
+    the file (`... --output PATH`); for the full data sets of ../shared/data, the shipped slice in examples/data;
+    for a shipped slice, the script that cuts them; else where relative paths start and how to give another one.
+    """
+    path = Path(path)
+    shown = _shown(path)
+    recipe = Path(source)
+    base_dir = recipe.resolve().parent if recipe.is_file() else Path.cwd()
+    key_text = key if index is None else f"{key}[{index}]"
+    hint = None
+    if path.parent.is_dir():
+        close = difflib.get_close_matches(path.name, [p.name for p in path.parent.iterdir()], n=1, cutoff=0.6)
+        hint = f"Did you mean {_shown(path.parent / close[0])!r}?" if close else None
+    if hint is None and recipe.is_file():
+        steps = _commands_making(recipe, path.name)
+        hint = ("The recipe's comments make it, from the repository root: " + "; then ".join(f"`{c}`" for c in steps)
+                if steps else None)
+    parts = path.as_posix().split("/")
+    if hint is None and "shared" in parts and parts[parts.index("shared") + 1:][:1] == ["data"]:
+        rest = Path(*parts[parts.index("shared") + 2:])
+        slice_ = next((d / "examples" / "data" / rest for d in (Path.cwd(), base_dir, *base_dir.parents)
+                       if (d / "examples" / "data" / rest).exists()), None)
+        hint = ("The full data sets of ../shared/data are not on this machine; a slice of this one ships in "
+                f"examples/data: give it with `--set {key}={_relative(slice_, base_dir)}`" if slice_ else
+                "The full data sets of ../shared/data are not on this machine (see ../shared/data/README.md where "
+                f"they are); give another file with `--set {key}=PATH`")
+    if hint is None and "examples" in parts and parts[parts.index("examples") + 1:][:1] == ["data"]:
+        hint = ("The shipped slices in examples/data are cut from ../shared/data by `python scripts/make_examples.py`"
+                f"; run it, or give another file with `--set {key}=PATH`")
+    if hint is None:
+        hint = (f"Relative paths start at the recipe's folder ({base_dir}); correct {key_text} in {source}, "
+                f"or give another path with `--set {key}=PATH`")
+    return ConfigError("the path does not exist", where=source, key=key_text, found=f"nothing at {shown}",
+                       expected=expected, hint=hint)
+
+
+def _shown(path: Path) -> str:
+    """A path relative to the working folder when it lies below it, else absolute."""
+    absolute = Path(os.path.abspath(path))
+    try:
+        return str(absolute.relative_to(Path.cwd()))
+    except ValueError:
+        return str(absolute)
+
+
+def _relative(path: Path, base_dir: Path) -> str:
+    return os.path.relpath(os.path.abspath(path), base_dir)
+
+
+def _commands_making(recipe: Path, name: str) -> list[str]:
+    """The `tailor ...` commands in a recipe's comments up to the one whose --output is `name` (none: no such one)."""
+    commands: list[str] = []
+    current: str | None = None  # a command continued on the next comment line (ending in a backslash)
+    for line in recipe.read_text(encoding="utf-8").splitlines():
+        text = line.strip()
+        if not text.startswith("#"):
+            continue
+        text = text.lstrip("#").strip()
+        if current is None and not text.startswith("tailor "):
+            continue
+        part = text.removesuffix("\\").strip()
+        current = part if current is None else f"{current} {part}"
+        if not text.endswith("\\"):
+            commands.append(current)
+            current = None
+    for n, command in enumerate(commands):
+        words = command.split()
+        if any(w == "--output" and i + 1 < len(words) and Path(words[i + 1]).name == name for i, w in enumerate(words)):
+            # the commands before it that are not a run of this recipe (the first line, `tailor data check ...`)
+            return [c for c in commands[:n] if recipe.name not in c] + [command]
+    return []
 
 
 def check_keys(data: dict[str, Any], allowed: Iterable[str], *, where: str, section: str = "") -> None:

@@ -223,3 +223,21 @@ def test_task_example_and_task_are_plain_dataclasses(sentiment):
     copy = dataclasses.replace(task, instruction="Other.")
     assert isinstance(copy, Task) and copy.examples("test") == task.examples("test")
     assert TaskExample("x-0", "text", ["a"]).meta == {}
+
+
+def test_a_template_gives_a_list_of_passages_one_a_paragraph(tmp_path):
+    """PubMedQA: objects keyed by id, the question as text, the abstract's CONTEXTS list filled into the template."""
+    rows = {"101": {"QUESTION": "Does aspirin help?", "CONTEXTS": ["Background one.", "Results two."],
+                    "final_decision": "yes"},
+            "102": {"QUESTION": "Is it safe?", "CONTEXTS": ["Only one part."], "final_decision": "maybe"}}
+    (tmp_path / "pqa.json").write_text(json.dumps(rows), encoding="utf-8")
+    task = load_task(write_recipe(
+        tmp_path, {"answer": "label", "labels": ["yes", "no", "maybe"], "instruction": "Answer from the abstract.",
+                   "input_template": "Abstract:\n{CONTEXTS}\n\nQuestion: {input}"},
+        {"train": "pqa.json", "test": "pqa.json", "split": {}, "format": "text_label",
+         "columns": {"text": "QUESTION", "label": "final_decision"}}))
+    first, second = task.examples("test")
+    assert (first.references, second.references) == (["yes"], ["maybe"])
+    assert task.user_text(first) == ("Answer from the abstract.\n\nAbstract:\nBackground one.\n\nResults two.\n\n"
+                                     "Question: Does aspirin help?\n\nAnswer with one of: yes, no, maybe.")
+    assert "Abstract:\nOnly one part.\n\nQuestion: Is it safe?" in task.user_text(second)

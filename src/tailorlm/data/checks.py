@@ -195,6 +195,7 @@ def _load(
     if isinstance(data, dict):
         data.update({k: v for k, v in (("format", format), ("columns", columns)) if v})
     spec = DataSpec.from_dict(data, source=str(path), base_dir=path.parent)
+    spec.check_files()
     carved = {name: share for name, share in spec.ratios().items() if name != "train"}
     return spec.load_splits(), carved, {**recipe, "_base_dir": str(path.parent)}
 

@@ -130,6 +130,21 @@ class DataSpec:
         _check_types(values, source)
         return cls(**values, source=source)
 
+    def check_files(self) -> None:
+        """Raise ConfigError (naming the recipe, the key and the path) for the first file or folder that is missing.
+
+        Run when a recipe is read, before anything is loaded or written; a `DatasetDict` folder counts with or
+        without its `#split`.
+        """
+        from tailorlm.config import missing_path
+
+        for name in SPLITS:
+            paths = getattr(self, name)
+            for index, path in enumerate(paths):
+                if not (Path(path).exists() or ("#" in path and Path(path.rpartition("#")[0]).exists())):
+                    raise missing_path(path, source=self.source, key=f"data.{name}",
+                                       index=index if len(paths) > 1 else None)
+
     def load(self) -> dict[str, list[Example]]:
         """The examples of every split, keyed train, eval, test (those present); see `load_splits` for formats."""
         return {name: data.examples for name, data in self.load_splits().items()}
@@ -197,7 +212,9 @@ def _spec_from_recipe(path: Path) -> DataSpec:
     if not isinstance(recipe, dict) or "data" not in recipe:
         found = "keys " + ", ".join(map(str, recipe)) if isinstance(recipe, dict) else type(recipe).__name__
         raise ConfigError("the recipe has no data section", where=str(path), key="data", found=found, expected="a data: mapping")
-    return DataSpec.from_dict(recipe["data"], source=str(path), base_dir=path.parent)
+    spec = DataSpec.from_dict(recipe["data"], source=str(path), base_dir=path.parent)
+    spec.check_files()
+    return spec
 
 
 def _paths(value: Any, base_dir: Path, source: str, key: str) -> list[str]:

@@ -86,8 +86,20 @@ def resolve(ref: str, *, pull_if_missing: bool = True, progress: bool = True) ->
         f"unknown model reference {ref!r}",
         expected=f"a built-in pack ({', '.join(PACKS)}), an existing folder or .gguf file, a cached model, "
         "or a hub id org/name",
-        hint=f"Did you mean {close[0]!r}?" if close else "Run `tailor models list` to see what is available",
+        hint=(f"Did you mean {close[0]!r}? " if close else "") + "Run `tailor models list` to see what is available",
     )
+
+
+def check_reference(ref: str) -> None:
+    """Raise ModelError when `ref` cannot name a model (an unknown name, a path to nothing); nothing is fetched.
+
+    Built-in packs, existing files and folders, and hub ids pass: they are pulled, converted, downloaded and
+    checked when first used.
+    """
+    ref = str(ref)
+    if ref in PACKS or Path(ref).expanduser().exists() or (HUB_ID.match(ref) and not _looks_like_path(ref)):
+        return
+    resolve(ref, pull_if_missing=False, progress=False)
 
 
 def pull(ref: str, *, progress: bool = True) -> Path:

@@ -285,7 +285,9 @@ def _data_spec(data: Any, answer: str, source: str, base_dir: Path) -> DataSpec:
         data = {"train": data}
     if isinstance(data, dict) and answer == "code" and "format" not in data and "columns" not in data:
         data = {**data, **CODE_DATA_DEFAULTS}
-    return DataSpec.from_dict(data, source=source, base_dir=base_dir)
+    spec = DataSpec.from_dict(data, source=source, base_dir=base_dir)
+    spec.check_files()
+    return spec
 
 
 def _labels(value: Any, answer: str, source: str) -> dict[str, str] | None:
@@ -333,8 +335,10 @@ def _text(section: dict[str, Any], key: str, source: str) -> str | None:
 
 
 def _fields(example: TaskExample) -> dict[str, Any]:
-    """The row's other columns, for input templates that name them."""
-    return {k: v for k, v in example.meta.items() if isinstance(k, str) and k.isidentifier() and k not in ("input", "context")}
+    """The row's other columns, for input templates that name them; a list of texts (PubMedQA's CONTEXTS) is given
+    as its items, one a paragraph."""
+    return {k: "\n\n".join(v) if isinstance(v, list) and v and all(isinstance(t, str) for t in v) else v
+            for k, v in example.meta.items() if isinstance(k, str) and k.isidentifier() and k not in ("input", "context")}
 
 
 def _close(name: str, allowed: Iterable[str]) -> str | None:

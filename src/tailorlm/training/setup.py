@@ -127,6 +127,7 @@ def prepare(config: RunConfig, *, resume: bool, overwrite: bool, console: Consol
     data = dict(config.data)
     stream = data.pop("stream", None)
     spec = DataSpec.from_dict(data, source=config.source, base_dir=Path(config.base_dir))
+    spec.check_files()
     streaming = _streams(config, spec, stream)
     train_examples: list = []
     splits: dict[str, list] = {}
