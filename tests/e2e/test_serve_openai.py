@@ -193,21 +193,46 @@ def test_api_key_is_required_on_every_route_but_health(url):
     assert health.status_code == 200 and health.json()["status"] == "ok"
 
 
-def test_eight_concurrent_streams_all_complete(url):
-    def stream(i: int) -> tuple[str, str]:
-        chunks = client(url).chat.completions.create(
+def test_eight_concurrent_streams_each_answer_as_the_same_request_alone(models_dir):
+    def stream(i: int) -> tuple[str, str, int]:
+        chunks = client(base).chat.completions.create(
             model=CHAT, messages=[{"role": "user", "content": f"Question number {i}?"}], max_tokens=24,
-            temperature=0.7, seed=i, stream=True)
-        text, reason = "", None
+            temperature=0, stream=True, stream_options={"include_usage": True})
+        text, reason, tokens = "", None, None
         for chunk in chunks:
             if chunk.choices:
                 text += chunk.choices[0].delta.content or ""
                 reason = chunk.choices[0].finish_reason or reason
-        return text, reason
+            if chunk.usage is not None:
+                tokens = chunk.usage.completion_tokens
+        return text, reason, tokens
 
-    with ThreadPoolExecutor(8) as pool:
-        results = list(pool.map(stream, range(8)))
-    assert all(text and reason in ("length", "stop") for text, reason in results)
+    with live_server([f"{CHAT}={models_dir['chat']}"], max_batch=8) as (base, server):
+        hook = slowed(server, CHAT, 0.01)  # long enough for the eight streams to overlap
+        running: list[int] = []
+        watching = threading.Event()
+
+        def watch() -> None:
+            while not watching.is_set():
+                running.append(httpx.get(f"{base}/health").json()["running"])
+                time.sleep(0.005)
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        try:
+            with ThreadPoolExecutor(8) as pool:
+                together = list(pool.map(stream, range(8)))
+        finally:
+            watching.set()
+            watcher.join()
+        alone = [stream(i) for i in range(8)]
+        hook.remove()
+    assert max(running) > 1  # the streams were generated in one batch, not one after another
+    # Greedy in fp32: a row's logits do not depend on the other rows or on left padding (masked positions get exactly
+    # zero attention), so each stream's text, finish reason and token count equal the request's alone.
+    assert together == alone
+    assert len({text for text, _, _ in alone}) == 8  # eight different answers: equality is not trivial
+    assert all(reason in ("length", "stop") and 0 < tokens <= 24 for _, reason, tokens in alone)
 
 
 def test_a_full_queue_answers_429_and_the_server_recovers(models_dir):
@@ -241,17 +266,39 @@ def test_a_request_over_the_time_limit_is_504_or_a_timeout_finish(models_dir):
         hook.remove()
 
 
-def test_shutdown_finishes_the_request_in_flight(models_dir):
+def test_shutdown_stops_listening_and_finishes_the_request_in_flight_in_full(models_dir):
+    request = dict(model=CHAT, messages=HELLO, max_tokens=20, temperature=0)
     with live_server([f"{CHAT}={models_dir['chat']}"]) as (base, server):
-        hook = slowed(server, CHAT, 0.02)
-        with ThreadPoolExecutor(1) as pool:
-            future = pool.submit(lambda: client(base).chat.completions.create(
-                model=CHAT, messages=HELLO, max_tokens=20, temperature=0))
-            time.sleep(0.3)
-            server.should_exit = True
-            reply = future.result(30)
-        hook.remove()
-    assert reply.usage.completion_tokens == 20 or reply.choices[0].finish_reason == "stop"
+        expected = client(base).chat.completions.create(**request)  # the same request, undisturbed
+        assert expected.choices[0].finish_reason == "length" and expected.usage.completion_tokens == 20
+        gate = threading.Event()
+        # Hold generation mid-flight until the gate opens (`and None`: a hook's non-None result replaces the inputs).
+        hook = server.config.app.state.served[CHAT].model.register_forward_pre_hook(
+            lambda *args: gate.wait(30) and None)
+        try:
+            with ThreadPoolExecutor(1) as pool:
+                future = pool.submit(lambda: client(base).chat.completions.create(**request))
+                deadline = time.monotonic() + 20
+                while httpx.get(f"{base}/health").json()["running"] == 0 and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                server.should_exit = True  # what Ctrl-C does
+                refused = False
+                while not refused and time.monotonic() < deadline:
+                    try:
+                        httpx.get(f"{base}/health", timeout=2)
+                        time.sleep(0.05)
+                    except httpx.ConnectError:
+                        refused = True
+                assert refused, "a shutting-down server must stop taking connections"
+                assert not future.done()  # the request in flight was neither answered nor cut off
+                gate.set()
+                reply = future.result(30)
+        finally:
+            gate.set()
+            hook.remove()
+    # Shutdown drains: the request in flight is generated in full, as if nothing had happened, not cancelled.
+    assert reply.choices[0].message.content == expected.choices[0].message.content
+    assert reply.choices[0].finish_reason == "length" and reply.usage.completion_tokens == 20
 
 
 def test_a_port_in_use_is_a_clear_error_before_loading(capsys):

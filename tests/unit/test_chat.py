@@ -178,10 +178,55 @@ def test_the_loop_streams_answers_runs_commands_and_ends_on_ctrl_d(loaded, tmp_p
     assert json.loads(path.read_text(encoding="utf-8"))["messages"] == chat.conversation()
 
 
+@pytest.fixture(scope="module")
+def lively(tiny_chat_dir: Path):
+    """The tiny chat Llama with larger random weights, whose greedy answers change with the conversation (the plain
+    tiny Llama answers nothing but newlines, whatever it is asked)."""
+    from tailorlm.models.load import load_model
+
+    return load_model(str(tiny_chat_dir), device="cpu", progress=False)
+
+
+def two_turns(loaded) -> tuple[str, str]:
+    """The answers a fresh session gives to "hello" and then "thanks" (greedy, so always the same)."""
+    chat = session(loaded)
+    first = chat.ask("hello").text
+    second = chat.ask("thanks").text
+    assert first.strip() and second.strip()
+    assert session(loaded).ask("thanks").text != second  # the second answer depends on the first turn
+    return first, second
+
+
 @pytest.mark.parametrize("end", [EOFError, KeyboardInterrupt])
-def test_ctrl_d_and_ctrl_c_exit_cleanly(loaded, end: type[BaseException]) -> None:
-    console, _ = _console()
-    assert run_chat(session(loaded), read=_script([], end), console=console) == 0
+def test_ctrl_d_and_ctrl_c_end_the_chat_after_the_answers_with_the_history_kept(lively, end) -> None:
+    first, second = two_turns(lively)
+    chat = session(lively)
+    console, out = _console()
+    assert run_chat(chat, read=_script(["hello", "thanks"], end), console=console) == 0
+    # Each answer on its own line, then Ctrl-D or Ctrl-C ends the prompt's line: no traceback, nothing else.
+    assert out.getvalue() == f"{first}\n{second}\n\n"
+    assert chat.history == [{"role": "user", "content": "hello"}, {"role": "assistant", "content": first},
+                            {"role": "user", "content": "thanks"}, {"role": "assistant", "content": second}]
+    # The second question was asked with the first turn before it.
+    assert chat.last_prompt.endswith(f"user\nhello<|im_end|>\n<|im_start|>assistant\n{first}<|im_end|>\n"
+                                     "<|im_start|>user\nthanks<|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_ctrl_c_during_an_answer_ends_the_chat_and_leaves_no_unanswered_question(lively) -> None:
+    first, _ = two_turns(lively)
+    console, out = _console()
+    printed = console.print
+
+    def print_until_the_second_answer(*args, **kwargs):
+        if out.getvalue() == f"{first}\n" and args and args[0]:  # the first piece of the second answer
+            raise KeyboardInterrupt
+        printed(*args, **kwargs)
+
+    console.print = print_until_the_second_answer  # type: ignore[method-assign]
+    chat = session(lively)
+    assert run_chat(chat, read=_script(["hello", "thanks", "never read"]), console=console) == 0
+    assert out.getvalue() == f"{first}\n\n"
+    assert chat.history == [{"role": "user", "content": "hello"}, {"role": "assistant", "content": first}]
 
 
 def test_exit_command_ends_the_loop(loaded) -> None:
@@ -274,14 +319,34 @@ def test_a_prompting_specialist_puts_its_prompt_and_shots_first(tmp_path: Path, 
     assert open_chat(folder, system="Other.", max_new_tokens=4, device="cpu").system == "Other."
 
 
-def test_the_chat_verb_runs_the_loop(chat_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+@pytest.mark.parametrize("end", ["/exit", "ctrl-d"])
+def test_the_chat_verb_prints_each_answer_and_keeps_the_conversation(tiny_chat_dir: Path, end: str,
+                                                                      monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    from tailorlm.chat import command_list
     from tailorlm.cli import main
 
-    lines = iter(["hello", "/exit"])
-    monkeypatch.setattr("builtins.input", lambda prompt="": next(lines))
+    chat_dir = tiny_chat_dir  # the lively tiny model: its answers depend on what it is asked
+    reference = open_chat(chat_dir, system="Be brief.", max_new_tokens=4, device="cpu")
+    first, second = reference.ask("hello").text, reference.ask("thanks").text
+    assert first.strip() and second.strip()
+    assert open_chat(chat_dir, system="Be brief.", max_new_tokens=4, device="cpu").ask("thanks").text != second
+    lines = ["hello", "thanks"] + ([end] if end == "/exit" else [])
+    prompts: list[str] = []
+
+    def read(prompt: str = "") -> str:
+        prompts.append(prompt)
+        if not lines:
+            raise EOFError  # Ctrl-D
+        return lines.pop(0)
+
+    monkeypatch.setattr("builtins.input", read)
     assert main(["chat", str(chat_dir), "--max-new-tokens", "4", "--system", "Be brief.", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
-    assert f"chatting with {chat_dir} (256-token context); commands: /reset" in out
+    # The header, then each streamed answer on its own line: the second is the answer with the first turn in the
+    # history (the reference session asked the same two questions in order). Ctrl-D ends the prompt's line.
+    assert out == (f"chatting with {chat_dir} (256-token context); {command_list()}\n{first}\n{second}\n"
+                   + ("\n" if end == "ctrl-d" else ""))
+    assert prompts == ["> "] * 3
 
 
 def test_open_chat_on_a_rag_specialist_answers_from_its_documents(chat_dir: Path, tmp_path: Path,

@@ -10,10 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from tailorlm.serving.engine import Delta, Engine, Failed, Finished, QueueFull, Request, Sampling, StopText, decode_batch
+from tailorlm.serving.engine import (Delta, Engine, EngineClosed, Failed, Finished, QueueFull, Request, Sampling,
+                                     StopText, decode_batch)
 from tailorlm.serving.specialists import load_served, parse_spec
 
 PROMPTS = ["The quick brown fox", "What is the capital of France? Paris is", "hello", "Patients with diabetes should"]
+EIGHT = [*PROMPTS, "The court held that the", "Shares rose 5% after", "thanks, please answer", "the lazy dog"]
 GREEDY = Sampling(max_tokens=24, temperature=0.0)
 
 
@@ -196,8 +198,9 @@ def test_a_full_queue_refuses_and_closing_finishes_what_was_queued():
     closing.join(10)
     assert not closing.is_alive()
     for key in "ab":
-        assert [e.text for e in events[key] if isinstance(e, Delta)] == [f"answer to {key}"]
-        assert isinstance(events[key][-1], Finished) and events[key][-1].reason == "stop"
+        # Closing drains: both run to their natural end ('stop': the specialist returned its answer), none is
+        # 'cancelled'. No tokenizer and no prompt ids, so both counts are 0.
+        assert events[key] == [Delta(f"answer to {key}"), Finished("stop", 0, 0)]
 
 
 def test_a_request_out_of_time_in_the_queue_finishes_with_timeout(served):
@@ -424,3 +427,87 @@ def test_a_rag_specialist_answers_with_its_sources_through_the_engine(lively_dir
     engine.close()
     assert "".join(e.text for e in events if isinstance(e, Delta)) == expected
     assert "France" in expected.split("\n\n", 1)[1]  # the source is listed after the answer
+
+
+class Collect:
+    """Events of one request: its text pieces, its Finished or Failed event, and a flag set when it ends."""
+
+    def __init__(self) -> None:
+        self.pieces: list[str] = []
+        self.end: Finished | Failed | None = None
+        self.done = threading.Event()
+
+    def __call__(self, event) -> None:
+        if isinstance(event, Delta):
+            self.pieces.append(event.text)
+        else:
+            self.end = event
+            self.done.set()
+
+    @property
+    def text(self) -> str:
+        return "".join(self.pieces)
+
+
+def test_eight_concurrent_requests_decode_as_one_batch_and_each_equals_the_request_alone(served, monkeypatch):
+    import tailorlm.serving.engine as engine_module
+
+    sizes: list[int] = []
+    real = engine_module.decode_batch
+    monkeypatch.setattr(engine_module, "decode_batch",
+                        lambda s, requests, **kw: (sizes.append(len(requests)), real(s, requests, **kw)))
+    assert len({len(served.encode_text(p)) for p in EIGHT}) > 3  # eight prompts of several lengths: real padding
+    blocker = Blocking()
+    engine = Engine(max_batch=8)
+    streams = [Collect() for _ in EIGHT]
+    try:
+        # While a one-at-a-time request holds the worker, all eight wait in the queue: they start as one batch.
+        engine.submit(Request(served=blocker, sampling=GREEDY, on_event=lambda e: None, prompt="wait"))
+        while engine.running == 0:
+            time.sleep(0.01)
+        for prompt, sink in zip(EIGHT, streams):
+            engine.submit(Request(served=served, sampling=GREEDY, on_event=sink, prompt_ids=served.encode_text(prompt)))
+        blocker.release.set()
+        assert all(sink.done.wait(30) for sink in streams)
+    finally:
+        blocker.release.set()
+        engine.close()
+    assert sizes == [8]
+    alone = [run(served, [p], [GREEDY])[0] for p in EIGHT]
+    # fp32 on the CPU with left padding: masked positions get exactly zero attention weight, so every row's logits
+    # equal its logits alone and greedy picks the same tokens. Equal text and equal token counts (the events carry
+    # no ids) would not both hold if a row had read another row's cache or a padded position.
+    assert [s.text for s in streams] == [text for text, _, _ in alone]
+    assert [s.end for s in streams] == [done for _, done, _ in alone]  # same reason, prompt and completion tokens
+    assert len({text for text, _, _ in alone}) == len(EIGHT)  # eight different answers: the comparison has teeth
+
+
+def test_closing_finishes_the_running_and_the_queued_requests_in_full_and_refuses_new_ones(served):
+    gate = threading.Event()
+    # Hold generation mid-flight until the gate opens (`and None`: a hook's non-None result would replace the inputs).
+    hook = served.model.register_forward_pre_hook(lambda *args: gate.wait(30) and None)
+    engine = Engine(max_batch=1)  # so that the second request waits in the queue instead of joining
+    sinks = [Collect(), Collect()]
+    try:
+        engine.submit(Request(served=served, sampling=GREEDY, on_event=sinks[0],
+                              prompt_ids=served.encode_text(PROMPTS[0])))
+        while engine.running == 0:
+            time.sleep(0.01)
+        engine.submit(Request(served=served, sampling=GREEDY, on_event=sinks[1],
+                              prompt_ids=served.encode_text(PROMPTS[1])))
+        assert engine.queued == 1
+        engine.close(timeout=0.3)  # closing has begun; the worker is still held by the gate
+        assert engine.running == 1 and engine.queued == 1
+        assert sinks[0].end is None and sinks[1].end is None  # closing cancelled nothing
+        with pytest.raises(EngineClosed):
+            engine.submit(Request(served=served, sampling=GREEDY, on_event=print, prompt_ids=[1]))
+        gate.set()
+        engine.close(timeout=30)
+    finally:
+        gate.set()
+        hook.remove()
+    alone = [run(served, [p], [GREEDY])[0] for p in PROMPTS[:2]]
+    assert all(s.done.is_set() for s in sinks)
+    assert [s.end for s in sinks] == [done for _, done, _ in alone]
+    assert [s.end.reason for s in sinks] == ["length", "length"]  # both ran to max_tokens, neither was 'cancelled'
+    assert [s.text for s in sinks] == [text for text, _, _ in alone]
