@@ -1,4 +1,4 @@
-"""Shared fixtures: a tiny tokenizer and a tiny random Llama model folder, built offline from configs."""
+"""Shared fixtures: tiny tokenizers (ChatML-style and T5-style) and a tiny random Llama model folder, built offline."""
 
 from __future__ import annotations
 
@@ -39,6 +39,22 @@ def build_tiny_tokenizer():
         pad_token="<pad>",
         additional_special_tokens=["<|im_start|>", "<|im_end|>"],
     )
+
+
+def build_tiny_t5_tokenizer():
+    """A tiny byte-level BPE tokenizer laid out like T5's: <pad> = 0 (the decoder start too); </s> = 1 ends texts."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(CORPUS * 4, trainer=trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<pad>", "</s>", "<unk>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False))
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>",
+                                                       special_tokens=[("</s>", tok.token_to_id("</s>"))])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
 
 
 @pytest.fixture(scope="session")

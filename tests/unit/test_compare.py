@@ -52,6 +52,7 @@ class Fakes:
         monkeypatch.setattr(cmp, "fit", self.fit)
         monkeypatch.setattr(cmp, "evaluate_specialist", self.evaluate)
         monkeypatch.setattr(cmp, "is_encoder", lambda model: False)
+        monkeypatch.setattr(cmp, "is_seq2seq", lambda model: False)
         monkeypatch.setattr(cmp, "full_is_affordable", lambda model: (True, ""))
         monkeypatch.setattr(cmp, "check_inputs", lambda plan, console: None)  # the base models here are fakes
 

@@ -20,7 +20,7 @@ from rich.console import Console
 from safetensors.torch import load_file
 
 import tailorlm.training.loop as loop
-from conftest import CORPUS, build_tiny_tokenizer
+from conftest import CORPUS, build_tiny_t5_tokenizer, build_tiny_tokenizer
 from tailorlm.errors import ConfigError
 from tailorlm.models.load import load_model
 from tailorlm.strategies.adapters import PEFT_METHODS
@@ -84,7 +84,7 @@ def zoo(tmp_path_factory) -> Path:
         max_position_embeddings=128, initializer_range=0.3, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
         pad_token_id=tok.pad_token_id))
     _save(root / "bert", bert, tok)
-    tok = t5_tokenizer()
+    tok = build_tiny_t5_tokenizer()
     t5 = transformers.T5ForConditionalGeneration(transformers.T5Config(
         vocab_size=len(tok), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=4,
         dropout_rate=0.0, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
@@ -120,22 +120,6 @@ def bert_tokenizer() -> Any:
     tok.post_processor = processors.BertProcessing(sep, cls)
     return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]",
                                                 cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
-
-
-def t5_tokenizer() -> Any:
-    """A tiny byte-level BPE tokenizer laid out like T5's: <pad> = 0 (the decoder start too); </s> = 1 ends texts."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(CORPUS * 4, trainer=trainers.BpeTrainer(
-        vocab_size=300, special_tokens=["<pad>", "</s>", "<unk>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False))
-    tok.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>",
-                                                       special_tokens=[("</s>", tok.token_to_id("</s>"))])
-    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>",
-                                                unk_token="<unk>")
 
 
 def _save(folder: Path, model: Any, tokenizer: Any) -> None:

@@ -2,12 +2,12 @@
 
 For each base model and strategy: fit (prompting chooses a prompt; rag points a specialist at an index of `corpus`,
 over the base model or, with `over: ENTRY`, over another entry's trained specialist; trained methods run the one
-training loop on the task's train split written as chat JSONL, or as text/label rows with a classification head when
-the base model is an encoder), evaluate on the test split, and write DIR/<model>/<entry>/result.json. An entry is
-named after its strategy, or is a named variant whose settings say `strategy: <one of STRATEGIES>`. A finished
-entry is reused on the next run with the same settings, so an interrupted comparison resumes; a failing entry is
-recorded with its error and the others go on. At the end: DIR/leaderboard.json, DIR/report.html and DIR/best/ (a
-copy of the winning specialist).
+training loop on the task's train split written as chat JSONL, as text/label rows with a classification head for an
+encoder, or as source/target rows (seq2seq) for an encoder-decoder), evaluate on the test split, and write
+DIR/<model>/<entry>/result.json. An entry is named after its strategy, or is a named variant whose settings say
+`strategy: <one of STRATEGIES>`. A finished entry is reused on the next run with the same settings, so an interrupted
+comparison resumes; a failing entry is recorded with its error and the others go on. At the end:
+DIR/leaderboard.json, DIR/report.html and DIR/best/ (a copy of the winning specialist).
 """
 
 from __future__ import annotations
@@ -165,8 +165,11 @@ def load_plan(recipe: str | Path, *, output: str | Path | None = None, quick: bo
 
 def strategies_for(model: str, plan: Plan) -> tuple[dict[str, dict[str, Any]], list[str]]:
     """The strategies to run for one base model, with notes on the defaults left out and why."""
+    from tailorlm.evaluation.fitting import SEQ2SEQ_NO_RAG, retention_notes
+
     if plan.strategies is not None:
-        return _applicable(model, plan)
+        chosen, notes = _applicable(model, plan)
+        return chosen, notes + retention_notes(model, plan, chosen)
     encoder = is_encoder(model)
     notes = []
     names = list(("prompt_tuning", "p_tuning", "lora") if encoder else
@@ -176,18 +179,22 @@ def strategies_for(model: str, plan: Plan) -> tuple[dict[str, dict[str, Any]], l
                      "classification heads are compared")
     if not plan.corpus and "rag" in names:
         names.remove("rag")
+    elif "rag" in names and is_seq2seq(model):
+        names.remove("rag")
+        notes.append(f"rag left out for {model}: {SEQ2SEQ_NO_RAG}")
     affordable, why = full_is_affordable(model)
     if affordable:
         names.append("full")
     else:
         notes.append(f"full fine-tuning of {model} left out: {why}")
-    return {name: {} for name in names}, notes
+    chosen: dict[str, dict[str, Any]] = {name: {} for name in names}
+    return chosen, notes + retention_notes(model, plan, chosen)
 
 
 def _applicable(model: str, plan: Plan) -> tuple[dict[str, dict[str, Any]], list[str]]:
     """The recipe's entries that run for `model`: those whose `models:` (when given) name it, and, for an encoder,
-    those that can train a classification head; a note for each entry left out (and for what wraps it)."""
-    from tailorlm.evaluation.fitting import ENCODER_STRATEGIES
+    those that can train a classification head (an encoder-decoder: all but rag); a note for each entry left out."""
+    from tailorlm.evaluation.fitting import ENCODER_STRATEGIES, SEQ2SEQ_NO_RAG
 
     assert plan.strategies is not None
     chosen: dict[str, dict[str, Any]] = {}
@@ -201,6 +208,8 @@ def _applicable(model: str, plan: Plan) -> tuple[dict[str, dict[str, Any]], list
         elif is_encoder(model) and method_of(name, settings) not in ENCODER_STRATEGIES:
             notes.append(f"{name} left out for {model}: an encoder classifies with a trained head, and "
                          f"{method_of(name, settings)} needs a model that writes text")
+        elif method_of(name, settings) == "rag" and is_seq2seq(model):
+            notes.append(f"{name} left out for {model}: {SEQ2SEQ_NO_RAG}")
         else:
             chosen[name] = settings
     return chosen, notes
@@ -234,6 +243,14 @@ def is_encoder(model: str) -> bool:
     info = model_info(model, progress=False)
     generative = any(part in info.architecture for part in ("CausalLM", "LMHead", "ConditionalGeneration"))
     return (info.model_type or "") in ENCODER_TYPES or not generative
+
+
+@functools.lru_cache(maxsize=None)
+def is_seq2seq(model: str) -> bool:
+    """Whether a model reference is an encoder-decoder (T5, Marian): trained as seq2seq, prompted with plain text."""
+    from tailorlm.models.info import is_encoder_decoder
+
+    return is_encoder_decoder(model)
 
 
 def method_of(name: str, settings: dict[str, Any]) -> str:
@@ -280,7 +297,7 @@ def run_strategy(plan: Plan, model: str, strategy: str, settings: dict[str, Any]
         entry["peak_memory_mb"] = memory.peak_mb
         entry["specialist"] = str(specialist.relative_to(plan.output))
         entry["disk_mb"] = specialist_size(specialist) / 2**20
-        if method in TRAINED and plan.retention is not None and not is_encoder(model):
+        if method in TRAINED and plan.retention is not None and not is_encoder(model) and not is_seq2seq(model):
             entry["retention"] = _retention(plan, model, specialist, console)
     except KeyboardInterrupt:
         raise

@@ -6,6 +6,8 @@ How an answer is obtained depends on the target and the answer form:
   rendered prompt; the best word wins, no parsing needed) and free generation read by a tolerant parser, reported
   beside it in `extra["generate"]`;
 - classification-head specialists (`objective: classify`): the argmax of the head over the specialist's labels;
+- encoder-decoders (T5, Marian; seq2seq specialists and prompts over one): the same passes, with the prompt as plain
+  text (no chat template) for the encoder and the answer as what the decoder writes;
 - text, span, number and code tasks: batched greedy generation, parsed per answer form (code runs its tests in the
   sandbox);
 - the `perplexity` metric: the reference answer's token log-likelihood after the prompt.
@@ -82,7 +84,8 @@ class Loaded:
     tokenizer: Any
     messages: Callable[[Task, TaskExample], list[dict[str, str]]]
     kind: str = "lm"
-    """'lm' (a causal model), 'rag' (answers through retrieval) or 'head' (a classification head)."""
+    """'lm' (a causal model), 'seq2seq' (an encoder-decoder), 'rag' (answers through retrieval) or 'head' (a
+    classification head)."""
     labels: list[str] | None = None
     rag: Any = None
 
@@ -235,10 +238,12 @@ def load_target(target: str | Path | Predictor, *, progress: bool = True) -> Loa
         folder = Path(target)
         if (folder / MANIFEST).is_file():
             return _from_folder(folder)
+        from tailorlm.models.info import is_encoder_decoder
         from tailorlm.models.load import load_model
 
-        model, tokenizer = load_model(str(target), progress=progress)
-        return Loaded(str(target), model, tokenizer, lambda task, example: task.messages(example))
+        head = "seq2seq" if is_encoder_decoder(str(target), progress=progress) else "causal-lm"
+        model, tokenizer = load_model(str(target), head=head, progress=progress)
+        return Loaded(str(target), model, tokenizer, lambda task, example: task.messages(example), _kind(model))
     finally:
         if shown:
             logging.enable_progress_bar()
@@ -255,11 +260,13 @@ def _from_predictor(predictor: Any) -> Loaded:
         if not base:
             raise ConfigError("the predictor has no model", found=type(predictor).__name__,
                               expected="an object with .model and .tokenizer, or with a base_model to load")
+        from tailorlm.models.info import is_encoder_decoder
         from tailorlm.models.load import load_model
 
-        model, tokenizer = load_model(str(base), progress=False)
+        model, tokenizer = load_model(str(base), head="seq2seq" if is_encoder_decoder(str(base)) else "causal-lm",
+                                      progress=False)
     name = str(getattr(predictor, "name", None) or getattr(predictor, "strategy", None) or type(predictor).__name__)
-    return Loaded(name, model, tokenizer, predictor.messages)
+    return Loaded(name, model, tokenizer, predictor.messages, _kind(model))
 
 
 def _from_folder(folder: Path) -> Loaded:
@@ -285,9 +292,14 @@ def _from_folder(folder: Path) -> Loaded:
 
         prompt = PromptSpecialist.load(folder)
         model, tokenizer, _ = load_specialist(folder)
-        return Loaded(str(folder), model, tokenizer, prompt.messages)
+        return Loaded(str(folder), model, tokenizer, prompt.messages, _kind(model))
     model, tokenizer, _ = load_specialist(folder)
-    return Loaded(str(folder), model, tokenizer, lambda task, example: task.messages(example))
+    return Loaded(str(folder), model, tokenizer, lambda task, example: task.messages(example), _kind(model))
+
+
+def _kind(model: Any) -> str:
+    """How a loaded language model answers: 'seq2seq' for an encoder-decoder, else 'lm'."""
+    return "seq2seq" if getattr(getattr(model, "config", None), "is_encoder_decoder", False) else "lm"
 
 
 def _primary(scoring: str, task: Task, loaded: Loaded) -> str:
@@ -299,14 +311,14 @@ def _primary(scoring: str, task: Task, loaded: Loaded) -> str:
     elif scoring != "auto":
         wanted = scoring
     else:
-        wanted = "choice" if task.answer == "label" and loaded.kind == "lm" else "generate"
+        wanted = "choice" if task.answer == "label" and loaded.kind in ("lm", "seq2seq") else "generate"
     if scoring not in ("auto", wanted):
         raise ConfigError(f"scoring {scoring!r} does not fit this evaluation", key="scoring", found=repr(scoring),
                           expected=f"{wanted!r} (metric {task.metric}, {loaded.kind} target)")
     if wanted == "choice" and task.answer != "label":
         raise ConfigError("constrained choice needs a label task", key="scoring", found=f"answer {task.answer}",
                           expected="answer: label, or scoring generate")
-    if wanted in ("choice", "perplexity") and loaded.kind != "lm":
+    if wanted in ("choice", "perplexity") and loaded.kind not in ("lm", "seq2seq"):
         raise ConfigError(f"{wanted} scoring needs the model's log-probabilities", key="scoring",
                           found=f"a {loaded.kind} target", expected="a model reference or a trained specialist")
     if wanted == "head" and task.answer != "label":
@@ -412,10 +424,18 @@ def _batches(items: list[Any], size: int) -> list[list[Any]]:
 
 
 def _prompts(loaded: Loaded, task: Task, examples: list[TaskExample]) -> list[str]:
-    """The exact prompt text of each example: its messages through the chat template, with the generation prompt."""
-    from tailorlm.models.generate import render_prompt
+    """The exact prompt text of each example: its messages through the chat template, with the generation prompt,
+    or for an encoder-decoder as plain text (as fitting.write_training_data writes its training sources)."""
+    from tailorlm.models.generate import plain_prompt, render_prompt
 
+    if loaded.kind == "seq2seq":
+        return [plain_prompt(loaded.messages(task, example)) for example in examples]
     return [render_prompt(loaded.tokenizer, loaded.messages(task, example)) for example in examples]
+
+
+def _prompt_ids(loaded: Loaded, task: Task, examples: list[TaskExample]) -> list[list[int]]:
+    """The prompts' token ids: a chat template already wrote its special tokens; an encoder's input gets its own."""
+    return loaded.tokenizer(_prompts(loaded, task, examples), add_special_tokens=loaded.kind == "seq2seq")["input_ids"]
 
 
 def _choice(loaded: Loaded, task: Task, examples: list[TaskExample], batch_size: int,
@@ -435,7 +455,7 @@ def _choice(loaded: Loaded, task: Task, examples: list[TaskExample], batch_size:
     step = bar.add_task("constrained choice", total=len(examples))
     start = time.perf_counter()
     for batch in _batches(examples, batch_size):
-        prompt_ids = loaded.tokenizer(_prompts(loaded, task, batch), add_special_tokens=False)["input_ids"]
+        prompt_ids = _prompt_ids(loaded, task, batch)
         for ids, example in zip(prompt_ids, batch):
             _check_length(loaded.model, len(ids) + max(map(len, options)), example)
         table = option_logprobs(loaded.model, prompt_ids, options, pad_id=_pad_id(loaded.tokenizer))
@@ -552,7 +572,7 @@ def _perplexity(loaded: Loaded, task: Task, examples: list[TaskExample], rows: l
     step = bar.add_task("perplexity", total=len(examples))
     start = time.perf_counter()
     for batch in _batches(examples, batch_size):
-        prompt_ids = loaded.tokenizer(_prompts(loaded, task, batch), add_special_tokens=False)["input_ids"]
+        prompt_ids = _prompt_ids(loaded, task, batch)
         answers = [loaded.tokenizer(task.answer_text(e), add_special_tokens=False)["input_ids"] for e in batch]
         for example, ids, answer in zip(batch, prompt_ids, answers):
             if not answer:

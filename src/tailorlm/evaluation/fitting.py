@@ -26,6 +26,7 @@ ENCODER_STRATEGIES = ("prompt_tuning", "p_tuning", "lora", "dora", "ia3", "full"
 TRAINED_KEYS = ("train", "lora", "prompt", "freeze", "max_examples")
 # Settings of the training loop that suit a comparison: short sequences, seeded, no TensorBoard files.
 TRAIN_DEFAULTS = {"max_length": 256, "batch_size": 8, "tensorboard": False}
+SEQ2SEQ_NO_RAG = "an encoder-decoder is trained and prompted with plain text, and rag answers through a chat model"
 
 
 def fit(plan: Plan, model: str, strategy: str, settings: dict[str, Any], folder: Path, *, console: Console,
@@ -94,8 +95,9 @@ def fit_rag(plan: Plan, model: str, settings: dict[str, Any], folder: Path, *, w
 
 def fit_trained(plan: Plan, model: str, strategy: str, settings: dict[str, Any], folder: Path, *,
                 console: Console, name: str | None = None) -> tuple[Path, dict[str, Any]]:
-    """A trained method through the one training loop; sft on chat JSONL, or classify with a head for an encoder."""
-    from tailorlm.evaluation.compare import _check_keys, _write_json, is_encoder
+    """A trained method through the one training loop: sft on chat JSONL, classify with a head for an encoder, or
+    seq2seq on source/target rows for an encoder-decoder."""
+    from tailorlm.evaluation.compare import _check_keys, _write_json, is_encoder, is_seq2seq
     from tailorlm.training.checkpoint import CHECKPOINTS, list_checkpoints
     from tailorlm.training.config import resolve_config
     from tailorlm.training.loop import train
@@ -108,10 +110,12 @@ def fit_trained(plan: Plan, model: str, strategy: str, settings: dict[str, Any],
         raise ConfigError(f"{strategy} cannot train a classification head", key=f"strategies.{name}",
                           found=f"{model}, an encoder", expected="one of " + ", ".join(ENCODER_STRATEGIES))
     limit = (plan.quick or {}).get("max_examples", settings.get("max_examples"))
-    files = write_training_data(plan.task, folder / "data", classify=encoder, limit=limit)
+    seq2seq = not encoder and is_seq2seq(model)
+    files = write_training_data(plan.task, folder / "data", classify=encoder, seq2seq=seq2seq, limit=limit)
     train_settings = {**TRAIN_DEFAULTS, "seed": plan.seed, **settings.get("train", {}),
                       **((plan.quick or {}).get("train") or {})}
-    values: dict[str, Any] = {"model": model, "objective": "classify" if encoder else "sft", "method": strategy,
+    objective = "classify" if encoder else "seq2seq" if seq2seq else "sft"
+    values: dict[str, Any] = {"model": model, "objective": objective, "method": strategy,
                               "data.train": str(files["train"]), "output": str(folder / "specialist")}
     if "eval" in files:
         values["data.eval"] = str(files["eval"])
@@ -134,9 +138,13 @@ def fit_trained(plan: Plan, model: str, strategy: str, settings: dict[str, Any],
                     "train_tokens_per_second": result.tokens_per_second, "loss_curve": curve}
 
 
-def write_training_data(task: Any, folder: Path, *, classify: bool, limit: int | None = None) -> dict[str, Path]:
-    """The task's train (and eval) split as chat JSONL (prompt + the answer the assistant should give), or as
-    text/label rows for a classification head; returns split -> file."""
+def write_training_data(task: Any, folder: Path, *, classify: bool, seq2seq: bool = False,
+                        limit: int | None = None) -> dict[str, Path]:
+    """The task's train (and eval) split as chat JSONL (prompt + the answer the assistant should give), as
+    text/label rows for a classification head, or as source/target rows for an encoder-decoder (the source is the
+    prompt as plain text, exactly as the evaluator gives it to the model); returns split -> file."""
+    from tailorlm.models.generate import plain_prompt
+
     folder.mkdir(parents=True, exist_ok=True)
     files = {}
     for split in ("train", "eval"):
@@ -154,11 +162,24 @@ def write_training_data(task: Any, folder: Path, *, classify: bool, limit: int |
             for ex in examples:
                 if classify:
                     record = {"text": ex.input, "label": str(ex.references[0])}
+                elif seq2seq:
+                    record = {"source": plain_prompt(task.messages(ex)), "target": task.answer_text(ex)}
                 else:
                     record = {"messages": [*task.messages(ex), {"role": "assistant", "content": task.answer_text(ex)}]}
                 f.write(json.dumps(record, ensure_ascii=False) + "\n")
         files[split] = path
     return files
+
+
+def retention_notes(model: str, plan: Plan, chosen: dict[str, dict[str, Any]]) -> list[str]:
+    """Why the retention check the recipe asks for is not run for an encoder-decoder's trained entries."""
+    from tailorlm.evaluation.compare import TRAINED, is_encoder, is_seq2seq, method_of
+
+    trained = any(method_of(name, settings) in TRAINED for name, settings in chosen.items())
+    if plan.retention is None or not trained or is_encoder(model) or not is_seq2seq(model):
+        return []
+    return [f"retention check left out for {model}: it measures a causal language model's perplexity on general "
+            "text, and this is an encoder-decoder"]
 
 
 class PeakMemory:
@@ -200,9 +221,11 @@ class _PromptScorer:
 
     def _model(self) -> tuple[Any, Any]:
         if self._loaded is None:
+            from tailorlm.evaluation.compare import is_seq2seq
             from tailorlm.models.load import load_model
 
-            self._loaded = load_model(self.model_ref, progress=False)
+            head = "seq2seq" if is_seq2seq(self.model_ref) else "causal-lm"
+            self._loaded = load_model(self.model_ref, head=head, progress=False)
         return self._loaded
 
     def score(self, specialist: Any, examples: list[Any]) -> float:

@@ -1,4 +1,8 @@
-"""The evaluator's model passes: log-probabilities of options or continuations after a prompt, and greedy generation."""
+"""The evaluator's model passes: log-probabilities of options or continuations after a prompt, and greedy generation.
+
+For an encoder-decoder (T5, Marian) the prompt is the encoder's input and the options, continuations and generated
+text are what the decoder writes first.
+"""
 
 from __future__ import annotations
 
@@ -12,12 +16,12 @@ def option_logprobs(model: Any, prompts: list[list[int]], options: list[list[int
     """For each prompt, the summed log-probability of each option's tokens after it.
 
     The prompts run once (left-padded, their key-value cache kept); the options then run on that cache, all
-    options of all prompts in one batch. PEFT prompt-learning models, which manage their own cache, score each
-    (prompt, option) pair as one sequence instead.
+    options of all prompts in one batch. PEFT prompt-learning models, which manage their own cache, and
+    encoder-decoders score each (prompt, option) pair as one sequence instead.
     """
     import torch
 
-    if _prompt_learning(model):
+    if _prompt_learning(model) or _encoder_decoder(model):
         pairs = [(p, o) for p in prompts for o in options]
         flat = continuation_logprobs(model, [p for p, _ in pairs], [o for _, o in pairs], pad_id=pad_id)
         return [flat[i * len(options):(i + 1) * len(options)] for i in range(len(prompts))]
@@ -69,6 +73,8 @@ def continuation_logprobs(model: Any, prompts: list[list[int]], continuations: l
     prompt: one forward pass over the left-padded batch, fp32 log-softmax over the last positions only."""
     import torch
 
+    if _encoder_decoder(model):
+        return _decoder_logprobs(model, prompts, continuations, pad_id=pad_id)
     lengths = [len(p) + len(c) for p, c in zip(prompts, continuations)]
     width, keep = max(lengths), max(len(c) for c in continuations) + 1
     ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
@@ -94,20 +100,52 @@ def continuation_logprobs(model: Any, prompts: list[list[int]], continuations: l
     return sums
 
 
+def _decoder_logprobs(model: Any, sources: list[list[int]], continuations: list[list[int]], *,
+                      pad_id: int) -> list[float]:
+    """An encoder-decoder's summed log-probability of each continuation as the first tokens it writes for its source:
+    one forward pass, sources right-padded (masked), decoder inputs the continuations shifted behind the start token."""
+    import torch
+
+    start = getattr(model.config, "decoder_start_token_id", None)
+    start = model.generation_config.decoder_start_token_id if start is None else start
+    ids = torch.full((len(sources), max(map(len, sources))), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    decoder = torch.full((len(sources), max(map(len, continuations))), pad_id, dtype=torch.long)
+    for row, (source, continuation) in enumerate(zip(sources, continuations)):
+        ids[row, :len(source)], mask[row, :len(source)] = torch.tensor(source, dtype=torch.long), 1
+        decoder[row, :len(continuation)] = torch.tensor([start, *continuation[:-1]], dtype=torch.long)
+    with torch.inference_mode():  # a causal decoder: the pads after a row's continuation do not change its scores
+        logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device),
+                       decoder_input_ids=decoder.to(model.device)).logits
+        logprobs = logits.float().log_softmax(-1)  # (N, T_decoder, V)
+    sums = []
+    for row, continuation in enumerate(continuations):
+        target = torch.tensor(continuation, dtype=torch.long, device=logprobs.device)
+        sums.append(float(logprobs[row, :len(continuation)].gather(-1, target[:, None]).sum()))
+    return sums
+
+
 def greedy(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int,
            examples: Sequence[TaskExample] = ()) -> list[tuple[str, int]]:
-    """Batched greedy generation with left padding: (new text, new tokens up to the first end token) per prompt."""
+    """Batched greedy generation: (new text, new tokens up to the first end token) per prompt.
+
+    A decoder's prompts are left-padded and already hold their special tokens (the chat template writes them); an
+    encoder-decoder's are its encoder inputs, tokenized with their special tokens (as its training sources were) and
+    right-padded, and its output is only what the decoder wrote after its start token.
+    """
     import torch
 
     pad = _pad_id(tokenizer)
-    saved, tokenizer.padding_side = tokenizer.padding_side, "left"
+    encoder_decoder = _encoder_decoder(model)
+    saved, tokenizer.padding_side = tokenizer.padding_side, "right" if encoder_decoder else "left"
     try:
-        inputs = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        inputs = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=encoder_decoder)
     finally:
         tokenizer.padding_side = saved
     lengths = inputs["attention_mask"].sum(-1).tolist()
     for length, example in zip(lengths, examples):
-        _check_length(model, int(length) + max_new_tokens, example)
+        _check_length(model, max(int(length), max_new_tokens) if encoder_decoder else int(length) + max_new_tokens,
+                      example)
     stops = _stop_ids(model, tokenizer)
     with torch.inference_mode():
         output = model.generate(input_ids=inputs["input_ids"].to(model.device),
@@ -115,7 +153,7 @@ def greedy(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int,
                                 do_sample=False, temperature=None, top_p=None, top_k=None,
                                 eos_token_id=sorted(stops) or None, pad_token_id=pad)
     results = []
-    for row in output[:, inputs["input_ids"].shape[1]:].tolist():
+    for row in output[:, 1 if encoder_decoder else inputs["input_ids"].shape[1]:].tolist():
         end = next((i + 1 for i, t in enumerate(row) if t in stops), len(row))
         results.append((tokenizer.decode(row[:end], skip_special_tokens=True), end))
     return results
@@ -142,6 +180,11 @@ def _stop_ids(model: Any, tokenizer: Any) -> set[int]:
         except ModelError:
             pass
     return {int(t) for t in stops if t is not None}
+
+
+def _encoder_decoder(model: Any) -> bool:
+    """Whether the model is an encoder-decoder (T5, BART, Marian), a PEFT model around one included."""
+    return bool(getattr(getattr(model, "config", None), "is_encoder_decoder", False))
 
 
 def _prompt_learning(model: Any) -> bool:

@@ -28,6 +28,23 @@ def render_prompt(tokenizer: Any, messages_or_prompt: str | Messages) -> str:
     return tokenizer.apply_chat_template(list(messages_or_prompt), tokenize=False, add_generation_prompt=True)
 
 
+def plain_prompt(messages: Messages) -> str:
+    r"""Chat messages as one plain text, for a model without a chat template (an encoder-decoder): the system prompt,
+    each shot as "input\nanswer" and the last input, joined with blank lines.
+
+    >>> plain_prompt([{"role": "system", "content": "Translate."}, {"role": "user", "content": "Hi"},
+    ...               {"role": "assistant", "content": "Hallo"}, {"role": "user", "content": "Thanks"}])
+    'Translate.\n\nHi\nHallo\n\nThanks'
+    """
+    blocks: list[str] = []
+    for i, message in enumerate(messages):
+        if message["role"] == "assistant" and i and messages[i - 1]["role"] == "user":
+            blocks[-1] += "\n" + message["content"]
+        else:
+            blocks.append(message["content"])
+    return "\n\n".join(blocks)
+
+
 def generate(
     model: Any,
     tokenizer: Any,
@@ -74,7 +91,9 @@ def generate(
             **inputs, max_new_tokens=max_new_tokens, eos_token_id=sorted(eos) or None, pad_token_id=pad,
             streamer=streamer, **options
         )
-    return tokenizer.decode(output[0, prompt_len:], skip_special_tokens=True)
+    # An encoder-decoder's output is what its decoder wrote (its start token, skipped as special), not the prompt.
+    start = 0 if getattr(model.config, "is_encoder_decoder", False) else prompt_len
+    return tokenizer.decode(output[0, start:], skip_special_tokens=True)
 
 
 class TextPieces:

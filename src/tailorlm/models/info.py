@@ -68,6 +68,12 @@ def model_info(ref: str, *, pull_if_missing: bool = True, progress: bool = True)
     )
 
 
+def is_encoder_decoder(ref: str, *, progress: bool = False) -> bool:
+    """Whether a model reference is an encoder-decoder (T5, BART, Marian): its config says `is_encoder_decoder`."""
+    config = resolve(str(ref), progress=progress) / "config.json"
+    return config.is_file() and _read_json(config).get("is_encoder_decoder") is True
+
+
 def count_parameters(folder: Path, *, tied: bool = False) -> tuple[int, set[str]]:
     """Parameter count and weight dtypes read from the safetensors headers (no tensor data is read)."""
     shapes: dict[str, list[int]] = {}

@@ -126,6 +126,10 @@ def load_specialist(folder: str | Path, *, dtype: Any = None, device: str | None
         if (Path(base_ref) / MANIFEST).is_file():
             model, tokenizer, _ = load_specialist(base_ref, dtype=dtype, device=device)
         else:
+            from tailorlm.models.info import is_encoder_decoder
+
+            if head == "causal-lm" and is_encoder_decoder(base_ref):  # a prompt over an encoder-decoder (T5, Marian)
+                head = "seq2seq"
             model, tokenizer = load_model(base_ref, head=head, num_labels=num_labels, dtype=dtype, device=device)
     elif manifest.weights == "adapter":
         import peft
