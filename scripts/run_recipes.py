@@ -35,13 +35,13 @@ def recipe_command(recipe: Path) -> list[str]:
 
 
 def find_recipes(paths: list[str]) -> list[Path]:
-    """The recipes under the given files or folders (default: all of recipes/), the quickstart's left out (it is
-    `tailor quickstart`, run on its own)."""
+    """The recipes under the given files or folders (default: all of recipes/, the quickstart's left out: it is
+    `tailor quickstart`, run on its own or named here)."""
     found: list[Path] = []
     for given in paths or [str(ROOT / "recipes")]:
         path = Path(given).resolve()
         found += sorted(path.rglob("*.yaml")) if path.is_dir() else [path]
-    return [p for p in found if p.parent.name != "quickstart"]
+    return found if paths else [p for p in found if p.parent.name != "quickstart"]
 
 
 def hardware() -> str:
