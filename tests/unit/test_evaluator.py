@@ -205,6 +205,11 @@ def test_a_classification_head_specialist_answers_with_its_argmax(tiny_llama_dir
     with torch.no_grad():
         expected = [str(int(model(**tokenizer(t, return_tensors="pt")).logits.argmax(-1))) for t in TWEETS]
     assert result.scoring == "head" and [r["prediction"] for r in result.predictions] == expected
+    # a recipe's `scoring: choice` (constrained choice for generative models) is what a head does
+    chosen = evaluate(tmp_path / "clf", sentiment, scoring="choice", progress=False)
+    assert chosen.scoring == "head" and [r["prediction"] for r in chosen.predictions] == expected
+    with pytest.raises(ConfigError, match="scoring 'generate' does not fit"):
+        evaluate(tmp_path / "clf", sentiment, scoring="generate", progress=False)
 
 
 def test_scoring_that_does_not_fit_is_refused(chat_llama_dir, tmp_path, sentiment):

@@ -308,6 +308,8 @@ def _primary(scoring: str, task: Task, loaded: Loaded) -> str:
         wanted = "perplexity"
     elif loaded.kind == "head":
         wanted = "head"
+        if scoring == "choice":  # a head chooses among the labels: what a recipe's `choice` asks of generative models
+            scoring = "head"
     elif scoring != "auto":
         wanted = scoring
     else:
