@@ -9,6 +9,8 @@ fixed turns never go.
 A prompting specialist chats as it answers in evaluation, with one change: in chat the user types only the input,
 so the instruction (and, for label tasks, the allowed answers) joins the system prompt instead of each user turn, and
 each shot is the bare input with its answer. A kNN specialist picks shots per question from its pool; chat shows none.
+A specialist that `tailor compare` trained on a task's prompt (its manifest's `config.task`) chats the same way,
+without shots: the task's system prompt, instruction and allowed answers make its system prompt.
 
 A RAG specialist answers each message from its documents with its own prompt (only the last question is retrieved
 for and answered, as `RagSpecialist.generate` does), and the sources follow each answer.
@@ -296,7 +298,7 @@ def open_chat(target: str | Path, *, system: str | None = None, max_new_tokens: 
     `system` replaces the specialist's system prompt when given; `max_new_tokens` defaults to a RAG specialist's
     own setting, and to DEFAULT_MAX_NEW_TOKENS for the others.
     """
-    from tailorlm.strategies.base import MANIFEST, load_specialist, read_manifest
+    from tailorlm.strategies.base import MANIFEST, TaskPrompt, load_specialist, read_manifest
     from tailorlm.strategies.rag import is_rag_specialist
 
     folder = Path(target)
@@ -326,6 +328,10 @@ def open_chat(target: str | Path, *, system: str | None = None, max_new_tokens: 
         return _session(model, tokenizer, str(folder), system=system if system is not None else own_system,
                         turns=turns, notes=notes, max_new_tokens=max_new_tokens, temperature=temperature)
     model, tokenizer, _ = load_specialist(folder, device=device)
+    trained = TaskPrompt.of(manifest)
+    if trained is not None:
+        own_system, _, _ = prompt_turns(trained, manifest.config.get("task"))
+        system = system if system is not None else own_system
     return _session(model, tokenizer, str(folder), system=system, max_new_tokens=max_new_tokens,
                     temperature=temperature)
 
@@ -349,7 +355,8 @@ def _rag_session(folder: Path, *, system: str | None, max_new_tokens: int | None
 
 def prompt_turns(spec: Any, task_info: dict[str, Any] | None = None
                  ) -> tuple[str | None, list[dict[str, str]], list[str]]:
-    """(system prompt, shot turns, notes) of a prompting specialist for chat; see the module docstring."""
+    """(system prompt, shot turns, notes) of a prompting specialist (or a trained one's `TaskPrompt`) for chat; see
+    the module docstring."""
     from tailorlm.tasks.task import Task
 
     info = dict(task_info or {})

@@ -319,6 +319,33 @@ def test_a_prompting_specialist_puts_its_prompt_and_shots_first(tmp_path: Path, 
     assert open_chat(folder, system="Other.", max_new_tokens=4, device="cpu").system == "Other."
 
 
+def test_a_specialist_trained_on_a_task_prompt_chats_as_a_prompting_one(tmp_path: Path, chat_dir: Path) -> None:
+    import peft
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    from tailorlm.strategies.base import Manifest, record_task, save_specialist
+    from tailorlm.tasks.task import Task
+
+    model = peft.get_peft_model(LlamaForCausalLM.from_pretrained(chat_dir),
+                                peft.LoraConfig(r=2, target_modules=["q_proj"]))
+    manifest = Manifest(base_model=str(chat_dir), base_model_path=str(chat_dir), strategy="lora", objective="sft",
+                        weights="adapter")
+    save_specialist(tmp_path / "plain", model, AutoTokenizer.from_pretrained(chat_dir), manifest)
+    shutil.copytree(tmp_path / "plain", tmp_path / "news")
+    task = Task(name="news", instruction="Classify the sentiment.", system="You read financial news.", answer="label",
+                labels={"0": "bearish", "1": "bullish"}, metric="accuracy", data=None)  # type: ignore[arg-type]
+    record_task(tmp_path / "news", task)
+
+    chat = open_chat(tmp_path / "news", max_new_tokens=4, device="cpu")
+    assert chat.system == "You read financial news.\n\nClassify the sentiment.\n\nAnswer with one of: bearish, bullish."
+    assert chat.turns == []
+    chat.ask("Shares doubled.")
+    assert chat.messages()[:2] == [{"role": "system", "content": chat.system},
+                                   {"role": "user", "content": "Shares doubled."}]
+    assert open_chat(tmp_path / "news", system="Other.", max_new_tokens=4, device="cpu").system == "Other."
+    assert open_chat(tmp_path / "plain", max_new_tokens=4, device="cpu").system is None  # `tailor train`: as before
+
+
 @pytest.mark.parametrize("end", ["/exit", "ctrl-d"])
 def test_the_chat_verb_prints_each_answer_and_keeps_the_conversation(tiny_chat_dir: Path, end: str,
                                                                       monkeypatch: pytest.MonkeyPatch, capsys) -> None:

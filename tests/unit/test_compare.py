@@ -233,6 +233,21 @@ def test_training_data_is_chat_with_the_answer_or_text_label_rows(tmp_path):
     assert len(rows) == len(plan.task.examples("train"))
 
 
+def test_a_trained_sft_specialist_records_the_task_prompt_it_learned(tmp_path, monkeypatch, tiny_chat_dir):
+    from rich.console import Console
+
+    Fakes(monkeypatch)
+    plan = cmp.load_plan(write_recipe(tmp_path, base_models=[str(tiny_chat_dir)]), output=tmp_path / "out")
+    settings = {"max_examples": 4, "train": {"max_steps": 1, "batch_size": 2}}
+    folder, measured = fitting.fit_trained(plan, str(tiny_chat_dir), "lora", settings, tmp_path / "lora",
+                                           console=Console(quiet=True))
+    saved = json.loads((folder / "specialist.json").read_text(encoding="utf-8"))
+    assert measured["steps"] == 1 and saved["strategy"] == "lora" and saved["weights"] == "adapter"
+    assert saved["config"]["task"] == {"name": "toy-sentiment", "instruction": "Classify the sentiment.",
+                                       "system": None, "answer": "label", "input_template": None,
+                                       "labels": {"0": "bearish", "1": "bullish", "2": "neutral"}}
+
+
 def test_slug_makes_a_folder_name():
     assert cmp.slug("smollm2-135m-instruct") == "smollm2-135m-instruct"
     assert cmp.slug("/models/My Model/") == "My-Model"

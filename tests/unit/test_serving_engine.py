@@ -511,3 +511,56 @@ def test_closing_finishes_the_running_and_the_queued_requests_in_full_and_refuse
     assert [s.end for s in sinks] == [done for _, done, _ in alone]
     assert [s.end.reason for s in sinks] == ["length", "length"]  # both ran to max_tokens, neither was 'cancelled'
     assert [s.text for s in sinks] == [text for text, _, _ in alone]
+
+
+def news_task():
+    from tailorlm.tasks.task import Task
+
+    return Task(name="news", instruction="Classify the headline.", system="You read financial news.", answer="label",
+                labels={"0": "bearish", "1": "bullish"}, metric="accuracy", data=None,  # type: ignore[arg-type]
+                input_template="Headline: {input}")
+
+
+NEWS_TURNS = [{"role": "system", "content": "You read financial news."},
+              {"role": "user", "content": "Classify the headline.\n\nHeadline: Shares doubled.\n\n"
+                                          "Answer with one of: bearish, bullish."}]
+
+
+def test_a_trained_specialist_with_its_task_wraps_the_user_turn_and_shares_its_base(lively_dir, tmp_path):
+    from tailorlm.strategies.base import record_task
+
+    with_task = record_task(adapter_specialist(lively_dir, tmp_path / "news", seed=11), news_task())
+    assert with_task.config["task"]["instruction"] == "Classify the headline."
+    plain = adapter_specialist(lively_dir, tmp_path / "plain", seed=12)
+    table = load_served([str(tmp_path / "news"), str(plain)], device="cpu")
+    news, other = table["news"], table["plain"]
+    assert news.model is other.model and news.run_alone is None  # still one batch loop over the shared base
+    asked = [{"role": "user", "content": "Shares doubled."}]
+    assert news.chat_messages(asked) == NEWS_TURNS
+    assert news.tokenizer.decode(news.encode_chat(asked)) == (
+        "<|im_start|>system\nYou read financial news.<|im_end|>\n<|im_start|>user\nClassify the headline.\n\n"
+        "Headline: Shares doubled.\n\nAnswer with one of: bearish, bullish.<|im_end|>\n<|im_start|>assistant\n")
+    # Earlier turns stay as they were; the request's own system prompt follows the task's.
+    history = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"},
+               {"role": "assistant", "content": "bullish"}, *asked]
+    assert news.chat_messages(history) == [
+        {"role": "system", "content": "You read financial news.\n\nBe brief."}, {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "bullish"}, NEWS_TURNS[1]]
+    assert other.prompt is None and other.chat_messages(asked) == asked  # trained by `tailor train`: as it was
+
+
+def test_a_prompt_learning_specialist_with_its_task_gets_the_wrapped_turn_when_run_alone(lively_dir, tmp_path):
+    import peft
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    from tailorlm.strategies.base import Manifest, record_task, save_specialist
+
+    model = peft.get_peft_model(LlamaForCausalLM.from_pretrained(lively_dir),
+                                peft.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4))
+    save_specialist(tmp_path / "pt", model, AutoTokenizer.from_pretrained(lively_dir),
+                    Manifest(base_model=str(lively_dir), base_model_path=str(lively_dir), strategy="p_tuning",
+                             objective="sft", weights="adapter"))
+    record_task(tmp_path / "pt", news_task())
+    target = load_served([str(tmp_path / "pt")], device="cpu")["pt"]
+    assert target.run_alone is not None
+    assert target.chat_messages([{"role": "user", "content": "Shares doubled."}]) == NEWS_TURNS

@@ -98,6 +98,7 @@ def fit_trained(plan: Plan, model: str, strategy: str, settings: dict[str, Any],
     """A trained method through the one training loop: sft on chat JSONL, classify with a head for an encoder, or
     seq2seq on source/target rows for an encoder-decoder."""
     from tailorlm.evaluation.compare import _check_keys, _write_json, is_encoder, is_seq2seq
+    from tailorlm.strategies.base import record_task
     from tailorlm.training.checkpoint import CHECKPOINTS, list_checkpoints
     from tailorlm.training.config import resolve_config
     from tailorlm.training.loop import train
@@ -132,6 +133,8 @@ def fit_trained(plan: Plan, model: str, strategy: str, settings: dict[str, Any],
     if result.interrupted:
         raise KeyboardInterrupt
     shutil.rmtree(output / CHECKPOINTS, ignore_errors=True)  # the specialist is saved; checkpoints only cost disk
+    if objective == "sft":  # it learned the task's prompt: chat and serve must wrap what the user types the same way
+        record_task(output, plan.task)
     curve = [[r["step"], r["loss"]] for r in read_metrics(output) if "loss" in r]
     return output, {"train_seconds": result.seconds, "steps": result.steps, "final_loss": result.final_loss,
                     "trainable_parameters": result.trainable_parameters, "total_parameters": result.total_parameters,

@@ -29,10 +29,11 @@ LLAMA_CPP_MISSING = ("serving a GGUF file needs the llama.cpp engine, which is n
 
 @dataclass
 class PromptTurns:
-    """What a prompt specialist adds to each chat: its system prompt, its few-shot turns and its instruction."""
+    """What a prompt specialist adds to each chat: its system prompt, its few-shot turns and its instruction (a
+    specialist trained on a task's prompt adds the same, without shots)."""
 
     specialist: Any
-    """The loaded `PromptSpecialist`."""
+    """The loaded `PromptSpecialist`, or a trained specialist's `strategies.base.TaskPrompt`."""
     task: Any
     """A `Task` view (instruction, answer form, labels) that renders shots and the user's turn as evaluation does."""
 
@@ -87,7 +88,7 @@ class ServedModel:
     created: int = field(default_factory=lambda: int(time.time()))
 
     def chat_messages(self, messages: list[dict[str, str]]) -> list[dict[str, str]]:
-        """The messages the model sees: a prompt specialist's turns added."""
+        """The messages the model sees: a prompt specialist's turns (or a trained one's task prompt) added."""
         return self.prompt.apply(messages) if self.prompt else messages
 
     def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
@@ -208,12 +209,12 @@ def _load_one(name: str, source: str, bases: _Bases, *, device: str, dtype: Any,
     if is_prompt_specialist(path):
         return _prompting(name, source, bases, device=device, dtype=dtype, note=note)
     if manifest.weights == "adapter":
-        return _adapter(name, path, manifest, bases, device=device, dtype=dtype)
+        return _task_prompt(_adapter(name, path, manifest, bases, device=device, dtype=dtype), manifest, source)
     if manifest.weights == "full":
         from tailorlm.models.load import load_model
 
         model, tokenizer = load_model(str(path), device=device, dtype=dtype, progress=False)
-        return _generator(name, source, model, tokenizer)
+        return _task_prompt(_generator(name, source, model, tokenizer), manifest, source)
     base = manifest.base_model_path if Path(manifest.base_model_path).exists() else manifest.base_model
     return dataclasses.replace(_load_one(name, base, bases, device=device, dtype=dtype, note=note), source=source)
 
@@ -282,8 +283,21 @@ def _prompting(name: str, source: str, bases: _Bases, *, device: str, dtype: Any
     return served
 
 
+def _task_prompt(served: ServedModel, manifest: Any, source: str) -> ServedModel:
+    """A specialist trained by `tailor compare` on its task's prompt gets the user's turn wrapped in that prompt."""
+    from tailorlm.strategies.base import TaskPrompt
+
+    prompt = TaskPrompt.of(manifest)
+    if prompt is not None:
+        served.prompt = PromptTurns(prompt, _task_view(prompt, source))
+    return served
+
+
 def _task_view(specialist: Any, source: str) -> Any:
-    """The Task that renders this specialist's turns: its instruction and system prompt, the answer form it saved."""
+    """The Task that renders this specialist's turns: its instruction and system prompt, the answer form it saved.
+
+    `specialist` is a `PromptSpecialist`, or the `TaskPrompt` of a trained specialist.
+    """
     from tailorlm.strategies.base import read_manifest
     from tailorlm.tasks.task import Task
 

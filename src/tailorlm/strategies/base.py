@@ -74,6 +74,44 @@ def read_manifest(folder: Path) -> Manifest:
     return Manifest(**{k: v for k, v in data.items() if k in known})
 
 
+def task_record(task: Any) -> dict[str, Any]:
+    """The prompt a task renders, as a manifest's `config["task"]` keeps it for chat and serving to render again."""
+    return {"name": task.name, "instruction": task.instruction, "system": task.system, "answer": task.answer,
+            "labels": task.labels, "input_template": task.input_template}
+
+
+def record_task(folder: str | Path, task: Any) -> Manifest:
+    """Add `task`'s prompt to a trained specialist's manifest (rewritten atomically), so that `tailor chat` and
+    `tailor serve` wrap what the user types as the specialist saw it in training; returns the new manifest."""
+    from tailorlm.files import write_atomic
+
+    manifest = read_manifest(Path(folder))
+    manifest.config = {**manifest.config, "task": task_record(task)}
+    write_atomic(Path(folder) / MANIFEST, json.dumps(manifest.to_dict(), indent=1, ensure_ascii=False, default=str))
+    return manifest
+
+
+@dataclass
+class TaskPrompt:
+    """A trained specialist's saved task prompt in the shape of a prompt specialist: instruction, system, no shots."""
+
+    instruction: str
+    system: str | None = None
+    shots: list[Any] = field(default_factory=list)
+    selection: str = "fixed"
+
+    @classmethod
+    def of(cls, manifest: Manifest) -> "TaskPrompt | None":
+        """The prompt of a specialist trained by `tailor compare`; None for one without a saved task."""
+        saved = manifest.config.get("task")
+        if manifest.weights == "none" or not isinstance(saved, dict):
+            return None
+        return cls(instruction=str(saved.get("instruction") or ""), system=saved.get("system") or None)
+
+    def shots_for(self, example: Any) -> list[Any]:
+        return []
+
+
 def manifest_or_none(folder: str | Path) -> Manifest | None:
     """The manifest of `folder`, or None when the folder holds no readable specialist manifest (for "is it a ...?")."""
     try:
