@@ -136,7 +136,7 @@ def load_plan(recipe: str | Path, *, output: str | Path | None = None, quick: bo
     evaluation = _mapping(data.get("eval"), source, "eval")
     _check_keys(evaluation, EVAL_KEYS, source, "eval")
     if evaluation.get("citation_doc") is not None:  # a wrong field should stop the comparison before anything trains
-        from tailorlm.evaluation.evaluator import citation_docs
+        from tailorlm.evaluation.citations import citation_docs
 
         citation_docs(evaluation["citation_doc"], task.examples("test"))
     quick_settings = None
