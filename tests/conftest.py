@@ -57,6 +57,18 @@ def build_tiny_t5_tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
 
 
+@pytest.fixture(scope="module")
+def single_thread():
+    """Torch on one thread for a module: tiny models run fastest so, and ten times slower on two threads of a busy
+    2-core machine. Use with `pytestmark = pytest.mark.usefixtures("single_thread")`."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
     """A fresh-per-session tiny tokenizer without a chat template (copy it before mutating)."""

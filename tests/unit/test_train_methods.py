@@ -56,13 +56,7 @@ def max_loss_ratio(objective: str, method: str) -> float:
     return 0.9 if objective == "seq2seq" and method in ("prompt_tuning", "p_tuning") else 0.7
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread; two threads on a busy 2-core machine are ten times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

@@ -24,12 +24,7 @@ ANSWERS = ["Hello.", "Paris is the capital of France.", "The dog is lazy, yes.",
            "Their blood sugar.", "Because the court held that the statement was hearsay.", "hello hi thanks"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture
