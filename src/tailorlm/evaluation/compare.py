@@ -33,19 +33,14 @@ from rich.console import Console
 from tailorlm.config import apply_overrides, load_yaml, suggest
 from tailorlm.errors import ConfigError, ModelError, TailorError
 from tailorlm.evaluation import report
+from tailorlm.evaluation.entries import ENTRY_KEYS, STRATEGIES, TRAINED, method_of, strategy_settings  # noqa: F401
 from tailorlm.evaluation.inputs import check_inputs
 from tailorlm.evaluation.fitting import PeakMemory, fit, write_training_data  # noqa: F401 (compare.write_training_data)
 from tailorlm.evaluation.retention import RetentionSettings, base_perplexity, check_retention
 from tailorlm.files import write_atomic
 
-STRATEGIES = ("zero_shot", "few_shot", "prompt_search", "rag", "prompt_tuning", "p_tuning", "prefix_tuning", "lora",
-              "dora", "ia3", "full")
-TRAINED = ("prompt_tuning", "p_tuning", "prefix_tuning", "lora", "dora", "ia3", "full")
 RECIPE_KEYS = ("task", "data", "base_models", "corpus", "strategies", "eval", "quick", "retention", "output", "seed")
 EVAL_KEYS = ("limit", "batch_size", "max_new_tokens", "scoring", "metrics", "citation_doc", "citation_field")
-# Settings of a strategies: entry that say what it is rather than how to fit it; the fitters never see them.
-ENTRY_KEYS = ("strategy", "over", "models")
-ENTRY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 DEFAULT_QUICK = {"limit": 60, "train": {"max_steps": 20}}
 # AdamW full fine-tuning holds weights, gradients and two moments in fp32: about 16 bytes per parameter.
 FULL_BYTES_PER_PARAMETER = 16
@@ -132,7 +127,7 @@ def load_plan(recipe: str | Path, *, output: str | Path | None = None, quick: bo
     if not models or not all(isinstance(m, str) and m for m in models):
         raise ConfigError("missing setting", where=source, key="base_models", found=repr(data.get("base_models")),
                           expected="a list of model references, e.g. [smollm2-135m-instruct]")
-    strategies = _strategy_settings(data.get("strategies"), source, models)
+    strategies = strategy_settings(data.get("strategies"), source, models)
     evaluation = _mapping(data.get("eval"), source, "eval")
     _check_keys(evaluation, EVAL_KEYS, source, "eval")
     if evaluation.get("citation_doc") is not None:  # a wrong field should stop the comparison before anything trains
@@ -251,11 +246,6 @@ def is_seq2seq(model: str) -> bool:
     from tailorlm.models.info import is_encoder_decoder
 
     return is_encoder_decoder(model)
-
-
-def method_of(name: str, settings: dict[str, Any]) -> str:
-    """The strategy an entry runs: its `strategy` setting, else its name."""
-    return settings.get("strategy", name)
 
 
 def run_strategy(plan: Plan, model: str, strategy: str, settings: dict[str, Any], *, console: Console,
@@ -422,73 +412,6 @@ def _higher_is_better(metric: str) -> bool:
         return bool(METRICS[metric].higher_is_better)
     except (ImportError, KeyError):
         return metric != "perplexity"
-
-
-def _strategy_settings(value: Any, source: str, base_models: list[str]) -> dict[str, dict[str, Any]] | None:
-    """The recipe's entries, checked, in running order (each `over` target before its user, else as listed)."""
-    if value is None:
-        return None
-    if isinstance(value, list):
-        value = {name: {} for name in value}
-    if not isinstance(value, dict) or not value:
-        raise ConfigError("strategies must name at least one strategy", where=source, key="strategies",
-                          found=repr(value), expected="a mapping of strategy name to settings, or a list of names")
-    entries = {}
-    for name, settings in value.items():
-        variant = isinstance(settings, dict) and "strategy" in settings
-        if name not in STRATEGIES and not variant:
-            raise ConfigError("unknown strategy", where=source, key=f"strategies.{name}",
-                              expected="one of " + ", ".join(STRATEGIES) + ", or a name of your own with "
-                              "strategy: one of them", hint=suggest(str(name), STRATEGIES))
-        if settings is not None and not isinstance(settings, dict):
-            raise ConfigError("strategy settings must be a mapping", where=source, key=f"strategies.{name}",
-                              found=repr(settings), expected="a mapping such as {k: 4}, or {}")
-        if not isinstance(name, str) or not ENTRY_NAME.fullmatch(name):
-            raise ConfigError("an entry's name is also its folder name", where=source, key=f"strategies.{name}",
-                              found=repr(name), expected="letters, digits, '.', '_' and '-', e.g. code_prompt")
-        method = (settings or {}).get("strategy", name)
-        if method not in STRATEGIES:
-            raise ConfigError("unknown strategy", where=source, key=f"strategies.{name}.strategy", found=repr(method),
-                              expected="one of " + ", ".join(STRATEGIES), hint=suggest(str(method), STRATEGIES))
-        if name in STRATEGIES and method != name:
-            raise ConfigError("an entry named after a strategy runs that strategy", where=source,
-                              key=f"strategies.{name}.strategy", found=repr(method),
-                              expected=f"{name!r}, or another name for the entry (its folder and leaderboard name)")
-        entries[name] = dict(settings or {})
-        models = entries[name].get("models")
-        if models is not None and (not isinstance(models, list) or not models
-                                   or not all(isinstance(m, str) and m in base_models for m in models)):
-            raise ConfigError("models: must list some of the recipe's base_models", where=source,
-                              key=f"strategies.{name}.models", found=repr(models),
-                              expected="a list drawn from " + ", ".join(map(str, base_models)))
-    for name, settings in entries.items():
-        if "over" in settings:
-            _check_over(entries, name, settings["over"], source)
-    ordered: dict[str, dict[str, Any]] = {}
-    for name, settings in entries.items():
-        if "over" in settings:
-            ordered.setdefault(settings["over"], entries[settings["over"]])
-        ordered.setdefault(name, settings)
-    return ordered
-
-
-def _check_over(entries: dict[str, dict[str, Any]], name: str, over: Any, source: str) -> None:
-    """`over` is allowed on a rag entry, naming another entry of the recipe that trains."""
-    key = f"strategies.{name}.over"
-    trained = [n for n, s in entries.items() if method_of(n, s) in TRAINED]
-    expected = "the name of a trained entry of this recipe (" + (", ".join(trained) or "none here") + ")"
-    if method_of(name, entries[name]) != "rag":
-        raise ConfigError("only a rag entry answers over another entry", where=source, key=key,
-                          found=f"{name}, a {method_of(name, entries[name])} entry", expected="over: on a rag entry")
-    if over == name:
-        raise ConfigError("an entry cannot answer over itself", where=source, key=key, found=repr(over),
-                          expected=expected)
-    if not isinstance(over, str) or over not in entries:
-        raise ConfigError("over names no entry of this recipe", where=source, key=key, found=repr(over),
-                          expected=expected, hint=suggest(str(over), trained))
-    if method_of(over, entries[over]) not in TRAINED:
-        raise ConfigError("rag can only answer over a trained entry", where=source, key=key,
-                          found=f"{over}, a {method_of(over, entries[over])} entry", expected=expected)
 
 
 def _mapping(value: Any, source: str, key: str) -> dict[str, Any]:
