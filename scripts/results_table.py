@@ -66,14 +66,19 @@ class Table:
         return f"[{self.notes.index(text) + 1}]"
 
 
+def first_line_command(text: str) -> str:
+    """The command on a recipe's first line, without a trailing note set off by spaces
+    (`# tailor pretrain r.yaml --quick   (without ...)`); "" when the first line is not a comment."""
+    first = text.splitlines()[0] if text else ""
+    return first.lstrip("#").split("   (")[0].strip() if first.startswith("#") else ""
+
+
 def read_recipes(root: Path) -> list[Recipe]:
     """Every recipes/**/*.yaml under root, sorted by path."""
     recipes = []
     for path in sorted((root / "recipes").rglob("*.yaml")):
         text = path.read_text(encoding="utf-8")
-        first = text.splitlines()[0] if text else ""
-        # The command, without a trailing note set off by spaces: `# tailor pretrain r.yaml --quick   (without ...)`
-        command = first.lstrip("#").split("   (")[0].strip() if first.startswith("#") else ""
+        command = first_line_command(text)
         data = yaml.safe_load(text)
         data = data if isinstance(data, dict) else {}
         output = data.get("output")

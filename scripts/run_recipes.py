@@ -22,16 +22,18 @@ import sys
 import time
 from pathlib import Path
 
+from results_table import first_line_command  # scripts/ is on the path when a script runs
+
 ROOT = Path(__file__).resolve().parents[1]
 TIMES = ROOT / "runs" / "recipe_times.json"
 
 
 def recipe_command(recipe: Path) -> list[str]:
     """The command on the recipe's first line (`# tailor ...`), without any trailing note in parentheses."""
-    line = recipe.read_text(encoding="utf-8").splitlines()[0]
-    if not line.startswith("# tailor "):
+    command = first_line_command(recipe.read_text(encoding="utf-8"))
+    if not command.startswith("tailor "):
         raise SystemExit(f"{recipe}: the first line is not a `# tailor ...` command")
-    return shlex.split(line[2:].split("   (")[0])
+    return shlex.split(command)
 
 
 def find_recipes(paths: list[str]) -> list[Path]:
