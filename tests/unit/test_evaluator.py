@@ -379,7 +379,7 @@ def test_citations_can_be_matched_on_a_field_of_the_documents(tmp_path, monkeypa
     rows_out = result.predictions
     assert [r["cited"] for r in rows_out] == [["http://x/0"], ["http://x/9"], ["http://x/2"]]
     assert [r["cited_docs"] for r in rows_out] == [["D7"], ["D9"], ["D2", "D3"]]
-    assert "_passages" not in rows_out[0]
+    assert [r["source_docs"] for r in rows_out] == [["D7", "D8"], ["D9", "D1"], ["D2", "D3"]]
     assert (result.extra["citation_accuracy"], result.extra["retrieval_hit"]) == (2 / 3, 1.0)
     assert "gold_not_indexed" not in result.extra  # the index's doc ids say nothing about urls
     fake_rag_target(monkeypatch, answers)

@@ -35,20 +35,25 @@ def citation_docs(template: str, examples: Sequence[TaskExample]) -> list[str]:
     return docs
 
 
-def citation_keys(rows: list[dict[str, Any]], field: str) -> None:
-    """With a citation field other than the document id, the rows' `sources` and `cited` become that field's values
-    (the doc ids stay in `source_docs` and `cited_docs`)."""
-    for row in rows:
-        passages = row.pop("_passages", {})
+def record_citations(row: dict[str, Any], answer: Any, field: str = "doc_id") -> None:
+    """Write into an evaluation row the passages a RagAnswer was given (`sources`, in [n] order) and those it cites
+    (`cited`; [n] cites the n-th passage, a document of several passages is cited once), each as its `field`: the
+    document id, or a field of its document such as `url` (the doc ids then go in `source_docs` and `cited_docs`)."""
+    def key(hit: Any) -> str:
         if field == "doc_id":
-            continue
-        for doc, metadata in passages.items():
-            if field not in metadata:
-                raise ConfigError("the passages have no such field", where=f"document {doc}", key="eval.citation_field",
-                                  found=repr(field), expected="doc_id or one of " + (", ".join(map(str, metadata)) or "none"))
-        row["source_docs"], row["cited_docs"] = row["sources"], row["cited"]
-        row["sources"] = [str(passages[doc][field]) for doc in row["source_docs"]]
-        row["cited"] = list(dict.fromkeys(str(passages[doc][field]) for doc in row["cited_docs"]))
+            return hit.chunk.doc_id
+        if field not in hit.chunk.metadata:
+            raise ConfigError("the passages have no such field", where=f"document {hit.chunk.doc_id}",
+                              key="eval.citation_field", found=repr(field),
+                              expected="doc_id or one of " + (", ".join(map(str, hit.chunk.metadata)) or "none"))
+        return str(hit.chunk.metadata[field])
+
+    cited = [answer.sources[n - 1] for n in answer.cited]
+    row["sources"] = [key(hit) for hit in answer.sources]
+    row["cited"] = list(dict.fromkeys(key(hit) for hit in cited))
+    if field != "doc_id":
+        row["source_docs"] = [hit.chunk.doc_id for hit in answer.sources]
+        row["cited_docs"] = list(dict.fromkeys(hit.chunk.doc_id for hit in cited))
 
 
 def citation_figures(rows: list[dict[str, Any]], gold: list[str] | None = None, *,

@@ -31,7 +31,7 @@ from typing import Any, Callable, Protocol, Sequence
 from tailorlm.errors import ConfigError, DataError, ModelError
 from tailorlm.evaluation.likelihood import (_check_length, _logsumexp, _pad_id, continuation_logprobs, greedy,
                                             option_logprobs)
-from tailorlm.evaluation.citations import citation_docs, citation_figures, citation_keys, indexed_docs, rag_answer
+from tailorlm.evaluation.citations import citation_docs, citation_figures, indexed_docs, rag_answer, record_citations
 from tailorlm.files import write_atomic
 from tailorlm.tasks.task import Task, TaskExample
 
@@ -133,10 +133,9 @@ def evaluate(target: str | Path | Predictor, task: Task, *, split: str = "test",
         new_tokens = max_new_tokens or DEFAULT_MAX_NEW_TOKENS[task.answer]
         with _bar(progress) as bar:
             result = _run(loaded, task, chosen, scoring=scoring, batch_size=batch_size, max_new_tokens=new_tokens,
-                          bar=bar, both=both)
+                          bar=bar, both=both, citation_field=citation_field)
         if loaded.kind == "rag":
             indexed = indexed_docs(loaded.rag) if citation_field == "doc_id" else None
-            citation_keys(result.predictions, citation_field)
             result.extra.update(citation_figures(result.predictions, gold, indexed=indexed))
         if metrics and result.scoring != "perplexity":
             result.extra["metrics"] = _other_metrics(task, metrics, result.predictions, chosen)
@@ -278,7 +277,7 @@ def write_result(result: EvalResult, output: str | Path) -> Path:
 
 
 def _run(loaded: Loaded, task: Task, examples: list[TaskExample], *, scoring: str, batch_size: int,
-         max_new_tokens: int, bar: Any, both: bool) -> EvalResult:
+         max_new_tokens: int, bar: Any, both: bool, citation_field: str = "doc_id") -> EvalResult:
     """Make the primary predictions (and with `both`, after constrained choice, the generated ones beside them)."""
     rows = [_row(example) for example in examples]
     if scoring == "perplexity":
@@ -291,7 +290,8 @@ def _run(loaded: Loaded, task: Task, examples: list[TaskExample], *, scoring: st
         for row, scores in zip(rows, logprobs):
             row["logprobs"] = scores
     else:
-        predictions, seconds, tokens = _generated(loaded, task, examples, rows, batch_size, max_new_tokens, bar)
+        predictions, seconds, tokens = _generated(loaded, task, examples, rows, batch_size, max_new_tokens, bar,
+                                                  citation_field=citation_field)
     if both and scoring == "choice":
         generated, gen_seconds, gen_tokens = _generated(loaded, task, examples, rows, batch_size, max_new_tokens, bar,
                                                         beside=True)
@@ -410,12 +410,12 @@ def _choice(loaded: Loaded, task: Task, examples: list[TaskExample], batch_size:
 
 
 def _generated(loaded: Loaded, task: Task, examples: list[TaskExample], rows: list[dict[str, Any]], batch_size: int,
-               max_new_tokens: int, bar: Any, *, beside: bool = False) -> tuple[list[str], float, int]:
+               max_new_tokens: int, bar: Any, *, beside: bool = False,
+               citation_field: str = "doc_id") -> tuple[list[str], float, int]:
     """Greedy answers parsed for the answer form, with the time taken and the tokens generated.
 
     Each row gets the raw text as `output`, and when `beside` (generation next to constrained choice) the parsed
-    answer as `generated`; a RAG specialist's rows also get the doc ids of the passages given (`sources`, in [n]
-    order) and of those the answer cites (`cited`).
+    answer as `generated`; a RAG specialist's rows also get the passages given and cited (citations.record_citations).
     """
     texts: list[tuple[str, int]] = []
     answers = []  # a RAG specialist's RagAnswers
@@ -435,10 +435,8 @@ def _generated(loaded: Loaded, task: Task, examples: list[TaskExample], rows: li
         row["output"] = text
         if beside:
             row["generated"] = prediction
-    for row, answer in zip(rows, answers):  # [n] cites the n-th passage; a document of several is cited once
-        row["sources"] = [hit.chunk.doc_id for hit in answer.sources]
-        row["cited"] = list(dict.fromkeys(answer.sources[n - 1].chunk.doc_id for n in answer.cited))
-        row["_passages"] = {hit.chunk.doc_id: hit.chunk.metadata for hit in answer.sources}  # see citations.citation_keys
+    for row, answer in zip(rows, answers):
+        record_citations(row, answer, citation_field)
     return predictions, seconds, sum(n for _, n in texts)
 
 
