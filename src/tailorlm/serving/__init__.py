@@ -26,7 +26,7 @@ def bind(host: str, port: int) -> socket.socket:
 
 def build_server(specs: Sequence[str], *, sock: socket.socket, api_key: str | None = None, max_queue: int = 64,
                  max_batch: int = 8, timeout: float | None = None, device: str | None = None, dtype: Any = None,
-                 log_level: str = "info", on_note: Callable[[str], None] | None = None) -> Any:
+                 weights: str = "fp16", log_level: str = "info", on_note: Callable[[str], None] | None = None) -> Any:
     """Load `specs` and return a uvicorn Server for them on `sock` (call `.run(sockets=[sock])` to serve)."""
     import uvicorn
 
@@ -38,7 +38,7 @@ def build_server(specs: Sequence[str], *, sock: socket.socket, api_key: str | No
         raise ConfigError("nothing to serve", key="SPECIALIST", expected="one or more specialist folders or model references")
     if timeout is not None and timeout <= 0:
         raise ConfigError("the time limit must be positive", key="timeout", found=repr(timeout), expected="seconds > 0")
-    served = load_served(specs, device=device, dtype=dtype, on_note=on_note)
+    served = load_served(specs, device=device, dtype=dtype, weights=weights, on_note=on_note)
     engine = Engine(max_queue=max_queue, max_batch=max_batch)
     app = create_app(served, engine, api_key=api_key, timeout=timeout)
     config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=None)
@@ -46,13 +46,13 @@ def build_server(specs: Sequence[str], *, sock: socket.socket, api_key: str | No
 
 
 def serve(specs: Sequence[str], *, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
-          max_queue: int = 64, max_batch: int = 8, timeout: float | None = None,
+          max_queue: int = 64, max_batch: int = 8, timeout: float | None = None, weights: str = "fp16",
           on_note: Callable[[str], None] | None = None) -> None:
     """Serve `specs` until interrupted; Ctrl-C finishes the requests in flight before stopping."""
     sock = bind(host, port)
     try:
         server = build_server(specs, sock=sock, api_key=api_key, max_queue=max_queue, max_batch=max_batch,
-                              timeout=timeout, on_note=on_note)
+                              timeout=timeout, weights=weights, on_note=on_note)
         if on_note:
             on_note(f"serving {', '.join(server.config.app.state.served)} at http://{host}:{port}/v1")
             if api_key is None and host not in ("127.0.0.1", "localhost", "::1"):

@@ -127,11 +127,18 @@ def parse_spec(spec: str) -> tuple[str, str]:
     return source, source
 
 
-def load_served(specs: Sequence[str], *, device: str | None = None, dtype: Any = None,
+def load_served(specs: Sequence[str], *, device: str | None = None, dtype: Any = None, weights: str = "fp32",
                 on_note: Callable[[str], None] | None = None) -> dict[str, ServedModel]:
-    """Load every specialist or model reference in `specs`, sharing base weights between adapter specialists."""
-    from tailorlm.models.load import default_device
+    """Load every specialist or model reference in `specs`, sharing base weights between adapter specialists.
 
+    `weights="fp16"` stores the linear layers' weights in half precision on the CPU (`serving.compact`): about
+    2-3 times faster decoding, not bit-exact; "fp32" (the default here) serves the weights as they are.
+    """
+    from tailorlm.models.load import default_device
+    from tailorlm.serving.compact import WEIGHTS
+
+    if weights not in WEIGHTS:
+        raise ConfigError("unknown weight storage", key="weights", found=repr(weights), expected=" or ".join(WEIGHTS))
     note = on_note or (lambda text: None)
     device = device or default_device()
     named: dict[str, str] = {}
@@ -151,7 +158,28 @@ def load_served(specs: Sequence[str], *, device: str | None = None, dtype: Any =
         if item.base_key is not None and item.run_alone is None:
             item.model = bases.models[item.base_key][0]
             item.shares_base = bases.shared(item.base_key)
+    if weights == "fp16":
+        _compact(served, note)
     return served
+
+
+def _compact(served: dict[str, ServedModel], note: Callable[[str], None]) -> None:
+    """Store the weights of every served language model on the CPU in fp16 (each shared model once)."""
+    from tailorlm.serving.compact import compact_weights, half_weights_supported
+
+    models = {id(item.model): item.model for item in served.values() if item.kind == "generate" and item.model is not None}
+    on_cpu = [m for m in models.values() if next(m.parameters()).device.type == "cpu"]
+    if len(on_cpu) < len(models):
+        note("fp16 weight storage is for the CPU: models on an accelerator keep their dtype")
+    if not on_cpu:
+        return
+    why = half_weights_supported()
+    if why:
+        note(f"{why}; serving fp32 weights")
+        return
+    for model in on_cpu:
+        compact_weights(model)
+    note(f"weights stored in fp16 for faster decoding on the CPU ({len(on_cpu)} model(s)); --weights fp32 for exact fp32")
 
 
 class _Bases:
