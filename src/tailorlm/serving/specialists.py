@@ -167,7 +167,9 @@ def _compact(served: dict[str, ServedModel], note: Callable[[str], None]) -> Non
     """Store the weights of every served language model on the CPU in fp16 (each shared model once)."""
     from tailorlm.serving.compact import compact_weights, half_weights_supported
 
-    models = {id(item.model): item.model for item in served.values() if item.kind == "generate" and item.model is not None}
+    import torch
+
+    models = {id(item.model): item.model for item in served.values() if isinstance(item.model, torch.nn.Module)}
     on_cpu = [m for m in models.values() if next(m.parameters()).device.type == "cpu"]
     if len(on_cpu) < len(models):
         note("fp16 weight storage is for the CPU: models on an accelerator keep their dtype")
@@ -372,15 +374,29 @@ def _generator(name: str, source: str, model: Any, tokenizer: Any, *, alone: boo
 
 
 def _gguf(name: str, source: str, note: Callable[[str], None]) -> ServedModel:
-    """A GGUF file is for the llama.cpp engine; without llama-cpp-python the server still starts and says so."""
+    """A GGUF file runs on the llama.cpp engine; without llama-cpp-python the server still starts and says so."""
     try:
         import llama_cpp  # noqa: F401
     except ImportError:
         note(f"{name}: {LLAMA_CPP_MISSING}")
         return ServedModel(name=name, source=source, kind="unavailable", reason=LLAMA_CPP_MISSING)
-    return ServedModel(name=name, source=source, kind="unavailable",
-                       reason="the llama.cpp engine of tailor serve is not built yet; serve the specialist folder "
-                              "the GGUF was exported from with the PyTorch engine")
+    from tailorlm.serving.gguf_engine import load_gguf
+
+    model = load_gguf(source)
+    note(f"{name}: llama.cpp engine, context {model.context} tokens")
+    return GgufServed(name=name, source=source, kind="generate", model=model, tokenizer=model.tokens,
+                      run_alone=model.run_alone, context=model.context, eos_ids=frozenset({model.tokens.eos_token_id}))
+
+
+@dataclass
+class GgufServed(ServedModel):
+    """A GGUF file served by llama.cpp: its own tokenizer and chat template render and count the prompt."""
+
+    def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
+        return self.model.encode_chat(self.chat_messages(messages))
+
+    def encode_text(self, prompt: str) -> list[int]:
+        return self.model.tokens(prompt)["input_ids"]
 
 
 def _sampling_args(sampling: Any) -> dict[str, Any]:
