@@ -260,22 +260,6 @@ def test_a_prompt_specialist_puts_its_system_prompt_and_shots_first(lively_dir, 
                         {"role": "user", "content": "Answer briefly.\n\n3+3?"}]
 
 
-def test_a_gguf_file_without_llama_cpp_is_listed_as_unavailable_with_what_to_install(tmp_path):
-    pytest.importorskip("gguf")
-    try:
-        import llama_cpp  # noqa: F401
-        pytest.skip("llama-cpp-python is installed")
-    except ImportError:
-        pass
-    path = tmp_path / "model.gguf"
-    path.write_bytes(b"GGUF")
-    notes: list[str] = []
-    table = load_served([str(path)], device="cpu", on_note=notes.append)
-    assert table["model"].kind == "unavailable"
-    assert "pip install llama-cpp-python" in table["model"].reason and any("llama-cpp-python" in n for n in notes)
-
-
-
 def test_requests_of_one_specialist_waiting_together_run_as_one_batch(served, monkeypatch):
     import tailorlm.serving.engine as engine_module
 

@@ -67,6 +67,16 @@ class Failed:
 Event = Delta | Finished | Failed
 
 
+@dataclass(frozen=True)
+class Answer:
+    """What a one-at-a-time generator may return instead of its text: the text with its true token count and why
+    it ended ('stop' or 'length'), which re-tokenizing the text cannot always recover."""
+
+    text: str
+    completion_tokens: int
+    reason: str
+
+
 @dataclass(eq=False)
 class Request:
     """One generation job: for the batched engine `prompt_ids`, for one-at-a-time specialists `prompt`."""
@@ -339,10 +349,13 @@ def run_alone(request: Request) -> None:
             reason.append(why)
             raise _Stopped
 
+    answer: Answer | None = None
     try:
         full = served.run_alone(request.prompt, sampling, on_text)
     except _Stopped:
         full = None
+    if isinstance(full, Answer):
+        answer, full = full, full.text
     if full is not None:  # what the specialist adds after the streamed answer (a RAG answer's sources)
         out, stopped = text.update(full)
         if out:
@@ -353,9 +366,12 @@ def run_alone(request: Request) -> None:
         rest = text.flush()
         if rest:
             request.on_event(Delta(rest))
-    completion = len(served.tokenizer(text.text, add_special_tokens=False)["input_ids"]) if served.tokenizer else 0
-    request.on_event(Finished(reason[0] if reason else _length_or_stop(completion, sampling), len(request.prompt_ids),
-                              completion))
+    if answer is not None and not reason:
+        completion, ended = answer.completion_tokens, answer.reason
+    else:
+        completion = len(served.tokenizer(text.text, add_special_tokens=False)["input_ids"]) if served.tokenizer else 0
+        ended = reason[0] if reason else _length_or_stop(completion, sampling)
+    request.on_event(Finished(ended, len(request.prompt_ids), completion))
 
 
 def _length_or_stop(tokens: int, sampling: Sampling) -> str:

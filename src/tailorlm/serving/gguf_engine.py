@@ -11,7 +11,9 @@ and stop strings apply as for any one-at-a-time specialist.
 
 from __future__ import annotations
 
+import codecs
 import os
+import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,22 +72,38 @@ class GgufModel:
         # The template writes any BOS itself, as with the PyTorch engine.
         return self.tokens(self.tokens.render(messages), add_special_tokens=False)["input_ids"]
 
-    def run_alone(self, prompt: Any, sampling: Any, on_text: Callable[[str], None]) -> str:
+    def run_alone(self, prompt: Any, sampling: Any, on_text: Callable[[str], None]) -> Any:
         """Generate one request; `prompt` is chat messages or plain text. Text goes to `on_text` piece by piece."""
+        import llama_cpp
+
+        from tailorlm.serving.engine import Answer
+
         ids = self.encode_chat(prompt) if isinstance(prompt, list) else self.tokens(prompt)["input_ids"]
+        self.llm.set_seed(sampling.seed if sampling.seed is not None else random.getrandbits(32))
+        text = codecs.getincrementaldecoder("utf-8")(errors="replace")  # a character may span tokens
         parts: list[str] = []
-        stream = self.llm.create_completion(ids, max_tokens=sampling.max_tokens, temperature=sampling.temperature,
-                                            top_p=sampling.top_p, top_k=0, min_p=0.0, repeat_penalty=1.0,
-                                            seed=sampling.seed, stream=True)
+        count, reason = 0, "length"
+        tokens = self.llm.generate(ids, top_k=0, top_p=sampling.top_p, min_p=0.0, temp=sampling.temperature,
+                                   repeat_penalty=1.0)
         try:
-            for chunk in stream:
-                piece = chunk["choices"][0]["text"]
+            for token in tokens:
+                if llama_cpp.llama_vocab_is_eog(self.llm._model.vocab, token):
+                    reason = "stop"
+                    break
+                count += 1
+                piece = text.decode(self.llm.detokenize([token], special=False))
                 if piece:
                     parts.append(piece)
                     on_text(piece)
+                if count >= sampling.max_tokens:
+                    break
         finally:
-            stream.close()  # a request stopped early (stop string, time limit, client gone) ends llama's loop now
-        return "".join(parts)
+            tokens.close()  # a request stopped early (stop string, time limit, client gone) ends here
+        rest = text.decode(b"", final=True)
+        if rest:
+            parts.append(rest)
+            on_text(rest)
+        return Answer("".join(parts), count, reason)
 
 
 def load_gguf(path: str | Path, *, threads: int | None = None) -> GgufModel:
