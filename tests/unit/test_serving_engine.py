@@ -548,3 +548,35 @@ def test_a_prompt_learning_specialist_with_its_task_gets_the_wrapped_turn_when_r
     target = load_served([str(tmp_path / "pt")], device="cpu")["pt"]
     assert target.run_alone is not None
     assert target.chat_messages([{"role": "user", "content": "Shares doubled."}]) == NEWS_TURNS
+
+
+def test_a_failure_mid_batch_fails_only_the_requests_still_running(served):
+    calls = []
+
+    def fail_third_pass(*args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("out of memory (simulated)")
+
+    hook = served.model.register_forward_pre_hook(fail_third_pass)
+    events: dict[str, list] = {"short": [], "long": []}
+    done = threading.Semaphore(0)
+    engine = Engine(max_batch=2)
+    try:
+        for name, tokens in (("short", 1), ("long", 20)):
+            def on_event(event, name=name):
+                events[name].append(event)
+                if isinstance(event, (Finished, Failed)):
+                    done.release()
+            engine.submit(Request(served=served, sampling=Sampling(max_tokens=tokens, temperature=0.0),
+                                  prompt_ids=served.encode_text("hello"), on_event=on_event))
+        assert done.acquire(timeout=30) and done.acquire(timeout=30)
+        time.sleep(0.1)
+    finally:
+        engine.close()
+        hook.remove()
+    ends = {name: [e for e in got if isinstance(e, (Finished, Failed))] for name, got in events.items()}
+    assert len(ends["short"]) == 1 and isinstance(ends["short"][0], Finished)  # its answer stands, no Failed after it
+    assert ends["short"][0].reason == "length" and ends["short"][0].completion_tokens == 1
+    assert len(ends["long"]) == 1 and isinstance(ends["long"][0], Failed) and "simulated" in str(ends["long"][0].error)
+    assert len(calls) == 3  # prefill, one step, the failing step: both requests were in the one batch

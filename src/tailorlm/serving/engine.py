@@ -92,6 +92,16 @@ class Request:
     """time.monotonic() after which the request stops with reason 'timeout'."""
     cancelled: threading.Event = field(default_factory=threading.Event)
     """Set when the client has gone away."""
+    ended: bool = field(default=False, init=False)
+    """Whether its Finished or Failed event was sent: nothing is sent after it."""
+
+    def emit(self, event: Event) -> None:
+        """Send `event` to the request's client, unless the request has already ended."""
+        if self.ended:
+            return
+        if isinstance(event, (Finished, Failed)):
+            self.ended = True
+        self.on_event(event)
 
 
 class QueueFull(Exception):
@@ -182,11 +192,11 @@ class _Row:
     def finish(self) -> None:
         if self.reason != "cancelled":
             self._send(self.text.flush())
-        self.request.on_event(Finished(self.reason or "stop", len(self.request.prompt_ids), len(self.ids)))
+        self.request.emit(Finished(self.reason or "stop", len(self.request.prompt_ids), len(self.ids)))
 
     def _send(self, piece: str) -> None:
         if piece:
-            self.request.on_event(Delta(piece))
+            self.request.emit(Delta(piece))
 
 
 def _interrupted(request: Request) -> str | None:
@@ -311,7 +321,7 @@ def _finish_if_interrupted(request: Request) -> bool:
     """Finish a request that ran out of time (or lost its client) while it waited; True when it did."""
     why = _interrupted(request)
     if why:
-        request.on_event(Finished(why, len(request.prompt_ids), 0))
+        request.emit(Finished(why, len(request.prompt_ids), 0))
     return bool(why)
 
 
@@ -343,7 +353,7 @@ def run_alone(request: Request) -> None:
         so_far.append(piece)
         out, stopped = text.update("".join(so_far))
         if out:
-            request.on_event(Delta(out))
+            request.emit(Delta(out))
         why = "stop" if stopped else _interrupted(request)
         if why:
             reason.append(why)
@@ -359,19 +369,19 @@ def run_alone(request: Request) -> None:
     if full is not None:  # what the specialist adds after the streamed answer (a RAG answer's sources)
         out, stopped = text.update(full)
         if out:
-            request.on_event(Delta(out))
+            request.emit(Delta(out))
         if stopped:
             reason.append("stop")
     if not reason or reason[0] == "stop":
         rest = text.flush()
         if rest:
-            request.on_event(Delta(rest))
+            request.emit(Delta(rest))
     if answer is not None and not reason:
         completion, ended = answer.completion_tokens, answer.reason
     else:
         completion = len(served.tokenizer(text.text, add_special_tokens=False)["input_ids"]) if served.tokenizer else 0
         ended = reason[0] if reason else _length_or_stop(completion, sampling)
-    request.on_event(Finished(ended, len(request.prompt_ids), completion))
+    request.emit(Finished(ended, len(request.prompt_ids), completion))
 
 
 def _length_or_stop(tokens: int, sampling: Sampling) -> str:
@@ -466,6 +476,6 @@ class Engine:
                                  max_rows=self.max_batch)
             except Exception as err:  # noqa: BLE001 - one failed batch must not stop the server
                 for r in batch:
-                    r.on_event(Failed(err))
+                    r.emit(Failed(err))  # those that finished before the failure keep their answer
             finally:
                 self._running = 0
