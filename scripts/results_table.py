@@ -11,14 +11,17 @@ and its run folder in ``output:`` (a ``--quick`` training run writes to its ``qu
 one). A comparison's numbers come from OUTPUT/leaderboard.json (written by ``tailor compare``, see
 tailorlm.evaluation.compare.build_leaderboard); a training run's (``tailor pretrain``, ``tailor train``) from
 OUTPUT/specialist.json, metrics.jsonl and its last checkpoint's state.json. The wall time and hardware of a command
-come from runs/recipe_times.json when scripts/run_recipes.py recorded them. A recipe whose folder holds no finished
-run is listed as "not run", with its command. Only the text between the markers changes.
+come from runs/recipe_times.json when scripts/run_recipes.py recorded them. Run folders are not kept in git: a
+recipe whose folder holds no finished run keeps the row the table already has for it (from an earlier run, marked so
+with a footnote), and one that has never been run is listed as "not run", with its command. Only the text between
+the markers changes.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -220,10 +223,61 @@ TRAINING_HEADER = ["recipe", "objective, method (model)", "validation loss: firs
                    "wall time", "hardware"]
 
 
+EARLIER = ("From an earlier run whose folder is not in this checkout (run folders are not kept in git): the row as "
+           "this script wrote it from that run; the recipe's command makes it again.")
+_MARK = re.compile(r" \[(\d+)\]")
+_LINK = re.compile(r"^\[[^\]]+\]\([^)]+\)")
+
+
+def previous_rows(text: str) -> dict[str, list[list[str]]]:
+    """The rows of the table between the markers, keyed by their recipe link, with each footnote marker replaced by
+    its note's text: {link: [[cell, [note, ...]], ...]}."""
+    start, end = text.find(START), text.find(END)
+    if start < 0 or end < start:
+        return {}
+    found: dict[str, list[list[Any]]] = {}
+    table: list[list[str]] = []
+    notes: dict[str, str] = {}
+
+    def close() -> None:
+        for cells in table:
+            link_cell = _LINK.match(cells[0])
+            if link_cell and not any(c.startswith("not run:") for c in cells):
+                found[link_cell.group(0)] = [[_MARK.sub("", c), [notes.get(n, "") for n in _MARK.findall(c)]]
+                                             for c in cells]
+        table.clear()
+        notes.clear()
+
+    for line in text[start:end].splitlines():
+        if line.startswith("| ["):
+            table.append([c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line.strip())[1:-1]])
+        elif (note := re.match(r"^- \[(\d+)\] (.*)$", line)) and table:
+            notes[note.group(1)] = note.group(2)
+        elif line.startswith("###") and table:
+            close()
+    close()
+    return found
+
+
+def kept_row(recipe: Recipe, previous: dict[str, list[list[Any]]], columns: int, table: Table) -> list[str]:
+    """The row the table had for this recipe (its footnotes renumbered, marked as from an earlier run), or not run."""
+    cells = previous.get(link(recipe))
+    if cells is None or len(cells) != columns:
+        return not_run(recipe, columns)
+    row = []
+    for i, (cell, texts) in enumerate(cells):
+        if i == 0 and EARLIER not in texts:
+            texts = [*texts, EARLIER]
+        row.append(" ".join([cell, *(table.note(t) for t in texts if t)]))
+    return row
+
+
 def build_tables(root: Path) -> tuple[Table, Table, list[Recipe]]:
     """The comparison and training tables, and the recipes whose first line names no compare or train command."""
     times_file = root / TIMES
     times = json.loads(times_file.read_text(encoding="utf-8")) if times_file.is_file() else {}
+    readme = root / README
+    previous = previous_rows(readme.read_text(encoding="utf-8")) if readme.is_file() else {}
     comparisons, trainings, others = Table(), Table(), []
     for recipe in read_recipes(root):
         run = root / recipe.output if recipe.output else None
@@ -232,13 +286,13 @@ def build_tables(root: Path) -> tuple[Table, Table, list[Recipe]]:
                 board = json.loads((run / "leaderboard.json").read_text(encoding="utf-8"))
                 comparisons.rows.append(comparison_row(recipe, board, measured(times, recipe), comparisons))
             else:
-                comparisons.rows.append(not_run(recipe, len(COMPARISON_HEADER)))
+                comparisons.rows.append(kept_row(recipe, previous, len(COMPARISON_HEADER), comparisons))
         elif recipe.verb in TRAIN_VERBS:
             if run and (run / "specialist.json").is_file():
                 manifest = json.loads((run / "specialist.json").read_text(encoding="utf-8"))
                 trainings.rows.append(training_row(recipe, run, manifest, measured(times, recipe), trainings))
             else:
-                trainings.rows.append(not_run(recipe, len(TRAINING_HEADER)))
+                trainings.rows.append(kept_row(recipe, previous, len(TRAINING_HEADER), trainings))
         else:
             others.append(recipe)
     return comparisons, trainings, others

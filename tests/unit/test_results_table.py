@@ -186,3 +186,26 @@ def test_missing_markers_is_a_clear_error(results_table, root):
     write(root / "recipes/README.md", "# Recipes\n")
     with pytest.raises(SystemExit, match="results:start"):
         results_table.main(["--root", str(root)])
+
+
+def test_a_row_whose_run_folder_is_gone_is_kept_as_the_earlier_run_wrote_it(results_table, root):
+    import shutil
+
+    results_table.main(["--root", str(root)])
+    before = rows((root / "recipes/README.md").read_text(encoding="utf-8"), "[")
+    shutil.rmtree(root / "runs/finance-compare")  # as in a fresh clone: run folders are not in git
+    results_table.main(["--root", str(root)])
+    text = (root / "recipes/README.md").read_text(encoding="utf-8")
+    after = rows(text, "[")
+    kept = after["[finance/compare.yaml](finance/compare.yaml) [1]"]
+    old = before["[finance/compare.yaml](finance/compare.yaml)"]
+    # Same numbers; its wall-time footnote keeps its text under its new number; the link cell says where it is from.
+    assert kept[1:5] == old[1:5] and kept[6:] == old[6:] and kept[5] == "176 s (2.9 min) [2]"
+    assert "- [1] From an earlier run whose folder is not in this checkout" in text
+    assert "- [2] Not measured by scripts/run_recipes.py: the sum over the strategies of fitting" in text
+    encoder = "[finance/encoder.yaml](finance/encoder.yaml)"
+    assert after[encoder] == [*before[encoder][:2], "— [3]", *before[encoder][3:]]  # rebuilt from its run
+    assert after["[legal/hearsay.yaml](legal/hearsay.yaml)"][2].startswith("not run:")  # never run: still not run
+    results_table.main(["--root", str(root)])  # kept rows are stable: no second marker, no new notes
+    assert (root / "recipes/README.md").read_text(encoding="utf-8") == text
+    assert results_table.main(["--root", str(root), "--check"]) == 0
