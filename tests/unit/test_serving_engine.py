@@ -580,3 +580,32 @@ def test_a_failure_mid_batch_fails_only_the_requests_still_running(served):
     assert ends["short"][0].reason == "length" and ends["short"][0].completion_tokens == 1
     assert len(ends["long"]) == 1 and isinstance(ends["long"][0], Failed) and "simulated" in str(ends["long"][0].error)
     assert len(calls) == 3  # prefill, one step, the failing step: both requests were in the one batch
+
+
+def test_calls_run_on_the_engine_thread_between_decoding_steps(served):
+    engine = Engine(max_batch=2)
+    try:
+        worker = engine.call(threading.current_thread)
+        assert worker.name == "tailorlm-engine" and worker is not threading.current_thread()
+        with pytest.raises(ValueError, match="bad input"):
+            engine.call(lambda: (_ for _ in ()).throw(ValueError("bad input")))
+        # A long generation is running: a call does not wait for it to end, it runs between two of its steps.
+        steps: list[int] = []
+        hook = served.model.register_forward_pre_hook(lambda *args: (steps.append(1), time.sleep(0.02)) and None)
+        ended = threading.Event()
+        end: list = []
+        engine.submit(Request(served=served, sampling=Sampling(max_tokens=60, temperature=0.0),
+                              prompt_ids=served.encode_text("hello"),
+                              on_event=lambda e: (end.append(e), ended.set()) if isinstance(e, (Finished, Failed))
+                              else None))
+        while len(steps) < 3:
+            time.sleep(0.005)
+        at_call = engine.call(lambda: len(steps))
+        assert ended.wait(30)
+        assert isinstance(end[0], Finished) and end[0].completion_tokens > 10  # a long answer, so the next holds
+        assert 3 <= at_call < len(steps)  # the call ran while the batch still had steps to go
+        hook.remove()
+    finally:
+        engine.close()
+    with pytest.raises(EngineClosed):
+        engine.call(lambda: None)

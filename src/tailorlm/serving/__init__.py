@@ -38,8 +38,13 @@ def build_server(specs: Sequence[str], *, sock: socket.socket, api_key: str | No
         raise ConfigError("nothing to serve", key="SPECIALIST", expected="one or more specialist folders or model references")
     if timeout is not None and timeout <= 0:
         raise ConfigError("the time limit must be positive", key="timeout", found=repr(timeout), expected="seconds > 0")
-    served = load_served(specs, device=device, dtype=dtype, weights=weights, on_note=on_note)
     engine = Engine(max_queue=max_queue, max_batch=max_batch)
+    try:
+        # Loaded on the engine's thread, where all their compute runs (see Engine.call).
+        served = engine.call(lambda: load_served(specs, device=device, dtype=dtype, weights=weights, on_note=on_note))
+    except BaseException:
+        engine.close()
+        raise
     app = create_app(served, engine, api_key=api_key, timeout=timeout)
     config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=None)
     return uvicorn.Server(config)

@@ -11,6 +11,7 @@ between two steps (continuous batching); those of other specialists wait for the
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import random
 import threading
 import time
@@ -208,11 +209,13 @@ def _interrupted(request: Request) -> str | None:
 
 
 def decode_batch(served: Any, requests: Sequence[Request], *,
-                 more: Callable[[int], list[Request]] | None = None, max_rows: int = 0) -> None:
+                 more: Callable[[int], list[Request]] | None = None, max_rows: int = 0,
+                 between: Callable[[], None] | None = None) -> None:
     """Generate every request (all of `served`, batched) step by step over one KV cache; results go to on_event.
 
     `more(room)` is asked between steps for up to `room` further requests of `served`: they are prefilled on their
-    own and join the running batch (continuous batching) while it holds fewer than `max_rows` rows.
+    own and join the running batch (continuous batching) while it holds fewer than `max_rows` rows. `between()` is
+    called after every step (the engine runs its queued calls there).
     """
     import torch
 
@@ -234,6 +237,8 @@ def decode_batch(served: Any, requests: Sequence[Request], *,
                     rows[r].finish()
             if not keep:
                 return
+            if between is not None:
+                between()
             if len(keep) < len(active):
                 index = torch.tensor(keep, dtype=torch.long, device=device)
                 cache.batch_select_indices(index)
@@ -398,6 +403,7 @@ class Engine:
                               found=str(min(max_queue, max_batch)), expected="1 or more")
         self.max_queue, self.max_batch = max_queue, max_batch
         self._pending: collections.deque[Request] = collections.deque()
+        self._calls: collections.deque[tuple[Callable[[], Any], concurrent.futures.Future]] = collections.deque()
         self._lock = threading.Condition()
         self._closing = False
         self._running = 0
@@ -424,6 +430,36 @@ class Engine:
             self._pending.append(request)
             self._lock.notify()
 
+    def call(self, fn: Callable[[], Any]) -> Any:
+        """Run `fn` on the engine's worker thread and return its result (or raise its error).
+
+        All the compute of the served models belongs on that one thread: loading them, embeddings, generation. PyTorch
+        runs its parallel CPU kernels on OpenMP thread teams, one team per calling thread, and once two threads own
+        teams on a small CPU, OpenMP stops spin-waiting between kernels (it counts more threads than cores), which
+        makes the many small kernels of a decoding step about twice as slow. A queued call runs before the next batch
+        or between two decoding steps of the running one.
+        """
+        if threading.current_thread() is self._worker:
+            return fn()
+        done: concurrent.futures.Future = concurrent.futures.Future()
+        with self._lock:
+            if self._closing:
+                raise EngineClosed
+            self._calls.append((fn, done))
+            self._lock.notify()
+        return done.result()
+
+    def _run_calls(self) -> None:
+        while self._calls:
+            with self._lock:
+                if not self._calls:
+                    return
+                fn, done = self._calls.popleft()
+            try:
+                done.set_result(fn())
+            except BaseException as err:  # noqa: BLE001 - the caller gets the error
+                done.set_exception(err)
+
     def close(self, *, timeout: float | None = None) -> None:
         """Take no new requests, finish those queued and running, and stop the worker."""
         with self._lock:
@@ -433,8 +469,10 @@ class Engine:
 
     def _next_batch(self) -> list[Request] | None:
         with self._lock:
-            while not self._pending and not self._closing:
+            while not self._pending and not self._calls and not self._closing:
                 self._lock.wait()
+            if self._calls:
+                return []
             if not self._pending:
                 return None
             first = self._pending[0]
@@ -463,6 +501,7 @@ class Engine:
 
     def _work(self) -> None:
         while (batch := self._next_batch()) is not None:
+            self._run_calls()
             try:
                 # Requests out of time (or whose client left) while queued never start.
                 batch = [r for r in batch if not _finish_if_interrupted(r)]
@@ -473,7 +512,7 @@ class Engine:
                 else:
                     served = batch[0].served
                     decode_batch(served, batch, more=lambda room: self._more(served, room, batch),
-                                 max_rows=self.max_batch)
+                                 max_rows=self.max_batch, between=self._run_calls)
             except Exception as err:  # noqa: BLE001 - one failed batch must not stop the server
                 for r in batch:
                     r.emit(Failed(err))  # those that finished before the failure keep their answer

@@ -12,7 +12,6 @@ import base64
 import contextlib
 import hmac
 import json
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
@@ -59,7 +58,6 @@ def create_app(served: Mapping[str, Any], engine: Engine, *, api_key: str | None
 
     app = FastAPI(title="tailorlm", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.served, app.state.engine = served, engine
-    embed_locks = {name: threading.Lock() for name in served}
 
     if api_key is not None:
         app.add_middleware(_ApiKey, key=api_key)
@@ -135,12 +133,11 @@ def create_app(served: Mapping[str, Any], engine: Engine, *, api_key: str | None
             raise ApiError(400, "'dimensions' is not supported: the model's vectors have a fixed size", param="dimensions")
 
         def embed() -> tuple[np.ndarray, int]:
-            with embed_locks[target.name]:
-                vectors = target.embedder.embed(texts)
-                tokens = sum(len(ids) for ids in target.embedder.tokenizer(texts)["input_ids"])
+            vectors = target.embedder.embed(texts)
+            tokens = sum(len(ids) for ids in target.embedder.tokenizer(texts)["input_ids"])
             return vectors, tokens
 
-        vectors, tokens = await asyncio.to_thread(embed)
+        vectors, tokens = await asyncio.to_thread(engine.call, embed)  # on the thread of all model compute
         data = [{"object": "embedding", "index": i,
                  "embedding": base64.b64encode(v.astype("<f4").tobytes()).decode() if form == "base64" else v.tolist()}
                 for i, v in enumerate(vectors)]
