@@ -16,11 +16,13 @@ Cases:
   request, one after another. It is the single-stream baseline, and also the baseline for 8 concurrent streams
   (a plain loop serves them one after another; its aggregate rate is its single-stream rate).
 - hf_batched: the fair baseline for concurrency: `model.generate` over the prompts in batches of 8, left-padded.
-- engine: tailorlm's PyTorch engine in-process (`Engine.submit`), one request at a time, then 8 at once.
-- server: `tailor serve` in its own process, driven by the `openai` client with streaming, one request at a time,
-  then 8 concurrent streams.
+- engine / engine_fp16: tailorlm's PyTorch engine in-process (`Engine.submit`), one request at a time, then 8 at
+  once; with fp32 weights (exact), and with fp16 weight storage (`tailor serve`'s default on the CPU).
+- server / server_fp32: `tailor serve` in its own process (default fp16 weights, then `--weights fp32`), driven by
+  the `openai` client with streaming, one request at a time, then 8 concurrent streams.
 - llama_cpp_direct / llama_cpp_server: llama-cpp-python called directly against the same GGUF served by
-  `tailor serve` (single stream; needs llama-cpp-python and --gguf, else recorded as skipped with the reason).
+  `tailor serve` (single stream; --gguf, by default the Q4_1 GGUF the smollm2 pack is made from; recorded as
+  skipped, with the reason, when llama-cpp-python is not installed).
 
 Latency to first token is from the start of a request (tokenizing included) to its first generated token (the
 baseline: `generate`'s streamer hook; the engine: its first piece of text; the server: the first streamed chunk

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -118,6 +119,29 @@ def test_gguf_export_round_trips_through_transformers_gguf_loader(lora_dir, tmp_
     assert "output.weight" not in names  # tied to token_embd
     assert {"token_embd.weight", "blk.1.attn_q.weight", "blk.1.ffn_down.weight", "output_norm.weight"} <= set(names)
     assert names["blk.0.attn_k.weight"] == quant.upper() and names["blk.0.attn_norm.weight"] == "F32"
+
+
+def test_a_gguf_export_is_also_read_back_by_llama_cpp(lora_dir, tmp_path, capsys):
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (optional)")
+    out = tmp_path / "f32"
+    assert main(["export", str(lora_dir), "--format", "gguf", "--quant", "f32", "--output", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "read by transformers" in printed and "read by llama.cpp" in printed and printed.count("PASSED") == 2
+    parity = json.loads((out / "parity.json").read_text())
+    llama = parity["llama_cpp"]
+    assert llama["passed"] and llama["reader"] == "llama.cpp" and llama["tokens_match"] and llama["chat_template_match"]
+    # f32 weights: llama.cpp's own kernels, the same numbers to float32 rounding, every next token the same.
+    assert llama["top1_agreement"] == 1.0 and llama["positions"] == parity["positions"]
+    assert 0 < llama["max_abs_diff"] <= 1e-3
+
+
+def test_without_llama_cpp_the_gguf_check_says_what_to_install(lora_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # `import llama_cpp` fails, as when it is not installed
+    out = tmp_path / "f16"
+    assert main(["export", str(lora_dir), "--format", "gguf", "--quant", "f16", "--output", str(out)]) == 0
+    assert "not read back by llama.cpp: llama-cpp-python is not installed" in capsys.readouterr().out
+    parity = json.loads((out / "parity.json").read_text())
+    assert parity["passed"] and "pip install llama-cpp-python" in parity["llama_cpp"]["skipped"]
 
 
 def test_f32_gguf_reads_back_into_identical_weights(tiny_llama_dir, tmp_path):

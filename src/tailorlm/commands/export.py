@@ -29,9 +29,13 @@ def run(args: argparse.Namespace) -> int:
     for note in result.notes:
         print(f"note: {note}")
     print(result.report.render())
+    if result.llama_cpp is not None:
+        print(result.llama_cpp.render())
+    elif result.llama_cpp_skipped:
+        print(f"note: not read back by llama.cpp: {result.llama_cpp_skipped}")
     print(f"exported to {result.output}: " + ", ".join(result.files))
-    if not result.report.passed:
+    if not result.passed:
         print(f"error: {result.output}: the export does not match the specialist within the documented tolerance "
-              f"({'; '.join(result.report.failures)}); see {result.output / 'parity.json'}", file=sys.stderr)
+              f"({'; '.join(result.failures)}); see {result.output / 'parity.json'}", file=sys.stderr)
         return 1
     return 0

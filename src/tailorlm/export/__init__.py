@@ -37,6 +37,19 @@ class ExportResult:
     notes: list[str] = field(default_factory=list)
     gguf_file: Path | None = None
     """The GGUF file inside `output` (gguf exports)."""
+    llama_cpp: ParityReport | None = None
+    """A GGUF export read back by llama.cpp, when llama-cpp-python is installed."""
+    llama_cpp_skipped: str | None = None
+    """Why a GGUF export was not read back by llama.cpp."""
+
+    @property
+    def passed(self) -> bool:
+        return self.report.passed and (self.llama_cpp is None or self.llama_cpp.passed)
+
+    @property
+    def failures(self) -> list[str]:
+        extra = [f"llama.cpp: {f}" for f in self.llama_cpp.failures] if self.llama_cpp else []
+        return [*self.report.failures, *extra]
 
 
 @dataclass
@@ -77,13 +90,41 @@ def export(source: str | Path, *, format: str, output: str | Path, quant: str | 
         say("comparing logits")
         report = compare(reference, logits_of(exported, inputs), export=check, inputs=inputs,
                          exported_tokenizer=exported_tokenizer, reference_tokenizer=item.tokenizer)
-        write_report(report, stage, source=str(source), format=format, quant=quant, notes=notes)
+        exported = None
+        llama_cpp, skipped = None, None
+        if gguf_name is not None:
+            llama_cpp, skipped = _llama_cpp_parity(stage / gguf_name, reference, inputs, item.tokenizer, check, say)
+        extra = {"llama_cpp": llama_cpp.to_dict() if llama_cpp else {"skipped": skipped}} if gguf_name else {}
+        write_report(report, stage, source=str(source), format=format, quant=quant, notes=notes, **extra)
         files = sorted(p.relative_to(stage).as_posix() for p in stage.rglob("*") if p.is_file())
         _publish(stage, output)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return ExportResult(output=output, format=format, quant=quant, files=files, report=report, notes=notes,
-                        gguf_file=output / gguf_name if gguf_name else None)
+                        gguf_file=output / gguf_name if gguf_name else None, llama_cpp=llama_cpp,
+                        llama_cpp_skipped=skipped)
+
+
+LLAMA_CPP_SKIPPED = ("llama-cpp-python is not installed: pip install llama-cpp-python (it builds from source, several "
+                     "minutes on a small CPU) to also check the file as llama.cpp reads it")
+
+
+def _llama_cpp_parity(path: Path, reference: list[Any], inputs: list[Any], tokenizer: Any, check: str,
+                      say: Callable[[str], None]) -> tuple[ParityReport | None, str | None]:
+    """The GGUF file read back by llama.cpp and compared like the transformers reading; or why it was not."""
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        return None, LLAMA_CPP_SKIPPED
+    from tailorlm.export.parity import compare, llama_cpp_logits
+
+    say("reading the GGUF file back with llama.cpp")
+    logits, tokens = llama_cpp_logits(path, inputs)
+    try:
+        return compare(reference, logits, export=check, inputs=inputs, exported_tokenizer=tokens,
+                       reference_tokenizer=tokenizer, reader="llama.cpp"), None
+    finally:
+        tokens.llm.close()
 
 
 def _write_hf(item: Source, stage: Path, quant: None, gguf_name: None,

@@ -16,6 +16,12 @@ f16 rounds each weight to about 3 decimal digits, so logits move by a small shar
 them more, so the choice of next token carries its bound, and the loose magnitude bound only catches a broken file.
 Measured on a LoRA specialist of SmolLM2-135M-Instruct (6 prompts, 85 positions, logit scale 37.7): hf 8.4e-5,
 f16 0.041 (0.11%), q8_0 1.67 (4.4%) with 100% top-1 agreement.
+
+A GGUF export is also read back by llama.cpp when llama-cpp-python is installed (what `tailor serve FILE.gguf` and
+every llama.cpp-based tool run), against the same tolerances: llama.cpp's CPU kernels round the activations too (to
+f16 for f16 weights, to 8 bits for q8_0), so its logits move a little more. Measured on SmolLM2-135M-Instruct:
+f16 0.089 (0.24%) with 100% top-1 agreement, q8_0 2.55 (6.7%) with 94.1%. Without llama-cpp-python that reading is
+recorded as skipped in `parity.json`, with what to install.
 """
 
 from __future__ import annotations
@@ -82,6 +88,8 @@ class ParityReport:
     tolerance: dict[str, Any]
     passed: bool
     failures: list[str] = field(default_factory=list)
+    reader: str = "transformers"
+    """What read the export back: 'transformers', or 'llama.cpp' for a GGUF file."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -93,7 +101,7 @@ class ParityReport:
             bound = f"{bound * self.logit_scale:.3g} ({bound:.1%} of logit scale {self.logit_scale:.3g})"
         top1 = self.tolerance.get("top1")
         lines = [
-            f"parity check ({self.export}): {self.prompts} prompts, {self.positions} positions",
+            f"parity check ({self.export}, read by {self.reader}): {self.prompts} prompts, {self.positions} positions",
             f"  max |logit diff|   {self.max_abs_diff:.3g}"
             + (f"   (allowed ≤ {bound})" if bound is not None else ""),
             f"  mean |logit diff|  {self.mean_abs_diff:.3g}",
@@ -136,8 +144,28 @@ def logits_of(model: Any, inputs: list[ParityInput]) -> list[Any]:
     return results
 
 
+def llama_cpp_logits(path: Path, inputs: list[ParityInput]) -> tuple[list[Any], Any]:
+    """llama.cpp's logits for each prompt from the GGUF file (llama-cpp-python must be installed), and its tokenizer
+    (the GGUF's own, as `tailor serve`'s llama.cpp engine uses it)."""
+    import numpy as np
+    import torch
+    from llama_cpp import Llama
+
+    from tailorlm.serving.gguf_engine import GgufTokens, _threads
+
+    context = max(len(item.ids) for item in inputs) + 8
+    llm = Llama(model_path=str(path), n_ctx=context, n_batch=context, logits_all=True, n_threads=_threads(),
+                verbose=False)
+    results = []
+    for item in inputs:
+        llm.reset()
+        llm.eval(item.ids)
+        results.append(torch.from_numpy(np.array(llm.scores[: len(item.ids)], dtype=np.float32)))  # (T, V)
+    return results, GgufTokens(llm)  # close its .llm when done
+
+
 def compare(reference: list[Any], exported: list[Any], *, export: str, inputs: list[ParityInput],
-            exported_tokenizer: Any, reference_tokenizer: Any) -> ParityReport:
+            exported_tokenizer: Any, reference_tokenizer: Any, reader: str = "transformers") -> ParityReport:
     """Compare logits and tokenizers against the tolerance of `export` ('hf', 'f32', 'f16' or 'q8_0')."""
     import torch
 
@@ -176,6 +204,7 @@ def compare(reference: list[Any], exported: list[Any], *, export: str, inputs: l
         export=export, prompts=len(inputs), positions=int(ref.shape[0]), max_abs_diff=max_abs,
         mean_abs_diff=mean_abs, logit_scale=scale, top1_agreement=top1, tokens_match=not mismatched,
         chat_template_match=chat_match, tolerance=asdict(tolerance), passed=not failures, failures=failures,
+        reader=reader,
     )
 
 

@@ -49,6 +49,13 @@ class GgufTokens:
                                         bos_token=self._text(self.llm.token_bos()), add_generation_prompt=True)
         return formatter(messages=messages).prompt
 
+    def apply_chat_template(self, messages: list[dict[str, str]], *, tokenize: bool = False,
+                            add_generation_prompt: bool = True) -> str:
+        """The rendered chat, as `transformers` tokenizers give it (text only, the assistant's turn opened)."""
+        if tokenize or not add_generation_prompt:
+            raise ValueError("a GGUF's chat template renders text with the assistant's turn opened only")
+        return self.render(messages)
+
     def _text(self, token: int) -> str:
         return self.llm._model.token_get_text(token) if token >= 0 else ""
 
