@@ -90,7 +90,7 @@ def test_the_report_flags_a_general_perplexity_rise_beyond_the_margin():
     assert "forgetting: no - the general perplexity changed +5.0% (margin 10%)" in format_forgetting(kept)
 
 
-def write_run(tmp_path: Path, model_dir: Path, **forgetting) -> Path:
+def write_run(tmp_path: Path, model_dir: Path, method: str = "full", **forgetting) -> Path:
     """Continued pre-training of the tiny model on 'domain' answers, with general text held out to check."""
     answers = [{"question": f"q{i}", "answer": "Patients with diabetes should check their blood sugar."}
                for i in range(8)]
@@ -98,7 +98,7 @@ def write_run(tmp_path: Path, model_dir: Path, **forgetting) -> Path:
     (tmp_path / "held_out.jsonl").write_text(json.dumps({"answer": CORPUS[2]}) + "\n", encoding="utf-8")
     (tmp_path / "general.txt").write_text("\n".join(CORPUS[:2] + CORPUS[3:]) + "\n", encoding="utf-8")
     recipe = {
-        "model": str(model_dir), "objective": "pretrain", "method": "full", "output": str(tmp_path / "run"),
+        "model": str(model_dir), "objective": "pretrain", "method": method, "output": str(tmp_path / "run"),
         "data": {"train": "answers.jsonl", "eval": "held_out.jsonl", "format": "text", "columns": {"text": "answer"}},
         "train": {"max_steps": 15, "batch_size": 4, "max_length": 32, "lr": 1e-2, "tensorboard": False},
         "forgetting": {"general": "general.txt", "max_tokens": 40, **forgetting},
@@ -108,10 +108,16 @@ def write_run(tmp_path: Path, model_dir: Path, **forgetting) -> Path:
     return path
 
 
-def test_forgetting_perplexities_before_and_after_are_measured_and_stored_in_the_manifest(tmp_path, tiny_llama_dir):
+# LoRA: the frozen base weights train in fp16 on the CPU (training/frozen.py), yet before and after are measured with
+# the exact fp32 weights, so they equal what the base model and the reloaded specialist give.
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_forgetting_perplexities_before_and_after_are_measured_and_stored_in_the_manifest(tmp_path, tiny_llama_dir,
+                                                                                         method):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    config = resolve_config(write_run(tmp_path, tiny_llama_dir))
+    from tailorlm.strategies.base import load_specialist
+
+    config = resolve_config(write_run(tmp_path, tiny_llama_dir, method))
     printed = io.StringIO()
     with one_thread():
         result = loop.train(config, console=Console(file=printed, width=200))
@@ -125,11 +131,12 @@ def test_forgetting_perplexities_before_and_after_are_measured_and_stored_in_the
                          max_tokens=40, where="test", base_dir=tmp_path, key="domain")
     assert len(general) == 40 and len(domain) < 40  # the held-out answer is one short line (and its EOS)
     base = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval()
-    trained = AutoModelForCausalLM.from_pretrained(tmp_path / "run").eval()
+    trained = load_specialist(tmp_path / "run")[0].eval()
     for name, tokens in (("general", general), ("domain", domain)):
         assert stored[name]["tokens"] == len(tokens)
-        assert stored[name]["before"] == pytest.approx(perplexity(base, tokens, window=32).value, rel=1e-5)
-        assert stored[name]["after"] == pytest.approx(perplexity(trained, tokens, window=32).value, rel=1e-5)
+        # Tight: fp16-rounded weights move this tiny model's perplexity by about 2e-6 of itself.
+        assert stored[name]["before"] == pytest.approx(perplexity(base, tokens, window=32).value, rel=5e-7)
+        assert stored[name]["after"] == pytest.approx(perplexity(trained, tokens, window=32).value, rel=5e-7)
         assert stored[name]["change"] == pytest.approx(stored[name]["after"] / stored[name]["before"] - 1)
     assert stored["domain"]["after"] < stored["domain"]["before"]  # the held-out domain line was learned
     assert stored["margin"] == 0.1

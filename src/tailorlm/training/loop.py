@@ -96,6 +96,8 @@ def train(config: RunConfig, *, resume: bool = False, overwrite: bool = False,
             shutdown(world)
             raise
     state.stream = plan.position()
+    if run.perplexity_before is not None and state.perplexity_before is None:
+        state.perplexity_before = run.perplexity_before
     if run.forgetting is not None and state.perplexity_before is None and world.main:
         # Measured before the first step; a resumed run keeps the numbers its checkpoint saved.
         console.print("measuring perplexity on the forgetting check's texts before training")

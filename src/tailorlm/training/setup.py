@@ -16,6 +16,7 @@ from tailorlm.errors import ConfigError, DataError
 from tailorlm.strategies.adapters import apply_method, count_parameters
 from tailorlm.strategies.base import Manifest, file_sha256, library_versions, save_specialist
 from tailorlm.training.attention import restore_attention, use_packed_attention
+from tailorlm.training.frozen import half_frozen_applies, restore_frozen, use_half_frozen
 from tailorlm.training.fused import restore_layers, use_lean_layers
 from tailorlm.training.batches import BatchPlan, StreamPlan
 from tailorlm.training.checkpoint import list_checkpoints
@@ -50,6 +51,10 @@ class Prepared:
     template_added: bool
     forgetting: Any = None
     """A `perplexity.ForgettingCheck` when the recipe asks for one."""
+    load_base: Any = None
+    """Builds the base model again as training did (for `frozen.restore_frozen`)."""
+    perplexity_before: dict[str, float] | None = None
+    """The forgetting check's perplexities before training, measured with the exact fp32 weights."""
 
     def autocast(self) -> Any:
         """bf16 autocast on GPU; nothing on CPU, where fp32 is the fast dtype."""
@@ -69,6 +74,8 @@ class Prepared:
 
         if not (world.main or fsdp_root is not None):
             return
+        if self.load_base is not None:
+            restore_frozen(unwrap_model(self.model), self.load_base)  # the exact fp32 base, as a reload gives it
         restore_attention(unwrap_model(self.model))  # the saved model uses plain SDPA, like any other
         restore_layers(self.model)
         if state.best_step is not None and state.best_step != state.step:
@@ -168,11 +175,19 @@ def prepare(config: RunConfig, *, resume: bool, overwrite: bool, console: Consol
         use_packed_attention(model)  # per-example causal attention instead of a block-diagonal mask over each row
     use_lean_layers(model)  # RMSNorm and SwiGLU that keep fewer tensors for the backward
     model = apply_method(model, config, model_path=model_path)
+    trainable, total = count_parameters(model)
+    load_base, perplexity_before = None, None
+    half_frozen = half_frozen_applies(device, settings.frozen_weights) is None
+    if half_frozen and forgetting is not None and not resume and world.main:
+        # Before the frozen weights go fp16: the check compares the exact weights before and after.
+        console.print("measuring perplexity on the forgetting check's texts before training")
+        perplexity_before = forgetting.measure(model, chunk_size=settings.loss_chunk_size)
+    if half_frozen and use_half_frozen(model):
+        load_base = lambda: _model(config, label_names, device, Console(quiet=True))[0]  # noqa: E731
     if settings.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if hasattr(model, "enable_input_require_grads"):
             model.enable_input_require_grads()
-    trainable, total = count_parameters(model)
 
     if config.objective in ("pretrain", "sft"):
         from tailorlm.training.loss import check_model
@@ -189,7 +204,8 @@ def prepare(config: RunConfig, *, resume: bool, overwrite: bool, console: Consol
     return Prepared(config=config, output=output, device=device, dtype=dtype, model=model, tokenizer=tokenizer,
                     model_path=model_path, objective=config.objective, plan=plan, eval_plan=eval_plan,
                     label_names=label_names, data_files=_fingerprints(spec), trainable=trainable,
-                    total=total, template_added=template_added, forgetting=forgetting)
+                    total=total, template_added=template_added, forgetting=forgetting, load_base=load_base,
+                    perplexity_before=perplexity_before)
 
 
 def _model(config: RunConfig, label_names: list[str] | None, device: torch.device,
