@@ -4,7 +4,8 @@
     python bench/train_throughput.py --steps 2  # quicker, noisier
 
 Setup (issue 3): SmolLM2-135M-Instruct, LoRA r=16 on all linear layers, MedQuAD question/answer pairs as chat,
-batch 4, max length 512, fp32 on CPU. Each case runs in its own process so that its peak memory is its own.
+batch 4, max length 512, fp32 on CPU. tailorlm runs twice: as it trains by default (frozen base weights in fp16,
+training/frozen.py) and with train.frozen_weights=fp32. Each case runs in its own process so that its peak memory is its own.
 Real tokens are non-padding input tokens. TRL is a benchmark-only dependency: pip install "trl==1.16.*".
 """
 
@@ -25,7 +26,7 @@ SHARED = ROOT.parent / "shared" / "data" / "medical_qa" / "medquad"
 SLICE = ROOT / "examples" / "data" / "medical_qa" / "medquad"
 MODEL = "smollm2-135m-instruct"
 BATCH, MAX_LENGTH, RANK = 4, 512, 16
-CASES = ["tailorlm_lora", "trl_default", "trl_packed", "tailorlm_full"]
+CASES = ["tailorlm_lora", "tailorlm_lora_fp32", "trl_default", "trl_packed", "tailorlm_full"]
 
 
 def medquad_messages(limit: int = 2000) -> list[list[dict[str, str]]]:
@@ -41,7 +42,7 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def case_tailorlm(method: str, steps: int) -> dict:
+def case_tailorlm(method: str, steps: int, frozen_weights: str = "fp16") -> dict:
     from tailorlm.training.config import resolve_config
     from tailorlm.training.loop import train
     from tailorlm.training.tracking import read_metrics
@@ -52,7 +53,8 @@ def case_tailorlm(method: str, steps: int) -> dict:
         config = resolve_config(values={
             "model": MODEL, "objective": "sft", "method": method, "data": str(data), "output": str(Path(tmp) / "out"),
         }, overrides=[f"train.max_steps={steps + 1}", f"train.batch_size={BATCH}", f"train.max_length={MAX_LENGTH}",
-                      f"lora.r={RANK}", "data.split={}", "train.tensorboard=false", "train.warmup_steps=0"])
+                      f"lora.r={RANK}", "data.split={}", "train.tensorboard=false", "train.warmup_steps=0",
+                      f"train.frozen_weights={frozen_weights}"])
         train(config)
         records = [r for r in read_metrics(Path(tmp) / "out") if "loss" in r][1:]  # step 1 pays one-off costs
     tokens = sum(r["step_tokens"] for r in records)
@@ -123,7 +125,23 @@ def matmul_ceiling() -> dict:
             a @ b
             reps += 1
         results[name] = 2 * m * k * n * reps / (time.perf_counter() - start) / 1e9
+    # What tailorlm's frozen layers run on by default: fbgemm's fp16-weight matmul (fp32 in, fp32 accumulation).
+    x = torch.randn(1024, 576)
+    packed = torch.ops.quantized.linear_prepack_fp16(torch.randn(1536, 576), None)
+    torch.ops.quantized.linear_dynamic_fp16(x, packed)
+    start, reps = time.perf_counter(), 0
+    while time.perf_counter() - start < 2.0:
+        torch.ops.quantized.linear_dynamic_fp16(x, packed)
+        reps += 1
+    results["mlp_1024x576x1536_fp16_weights"] = 2 * 1024 * 576 * 1536 * reps / (time.perf_counter() - start) / 1e9
     return results
+
+
+def cpu_flags() -> list[str]:
+    """The vector extensions of this CPU that matter to the kernels (fbgemm uses AVX-512 where there is one)."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
+    return sorted(f for f in flags if f in ("avx2", "fma", "f16c", "avx512f", "avx512_bf16", "avx512_fp16"))
 
 
 def run_case(name: str, steps: int) -> dict:
@@ -145,6 +163,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.case:
         fn = {"tailorlm_lora": lambda: case_tailorlm("lora", args.steps),
+              "tailorlm_lora_fp32": lambda: case_tailorlm("lora", args.steps, "fp32"),
               "tailorlm_full": lambda: case_tailorlm("full", args.steps),
               "trl_default": lambda: case_trl(False, args.steps), "trl_packed": lambda: case_trl(True, args.steps)}
         print(json.dumps(fn[args.case]()))
@@ -156,19 +175,29 @@ def main() -> None:
     gflops = ceiling["mlp_1024x576x1536"]
     lora_limit = gflops * 1e9 / (4 * n_params)
     full_limit = gflops * 1e9 / (6 * n_params)
+    # With the frozen weights in fp16, the frozen matmuls (all of LoRA's 4N but the output layer's backward, which
+    # stays fp32) run at the fp16-weight rate: the limit if every multiply ran at it.
+    lora_limit_fp16 = ceiling["mlp_1024x576x1536_fp16_weights"] * 1e9 / (4 * n_params)
     report = {"setup": {"model": MODEL, "batch": BATCH, "max_length": MAX_LENGTH, "lora_rank": RANK,
-                        "steps_timed": args.steps, "threads": __import__("torch").get_num_threads()},
+                        "steps_timed": args.steps, "threads": __import__("torch").get_num_threads(),
+                        "cpu_flags": cpu_flags()},
               "matmul_gflops": ceiling, "lora_limit_tokens_per_second": lora_limit,
+              "lora_limit_fp16_weights_tokens_per_second": lora_limit_fp16,
               "full_limit_tokens_per_second": full_limit, "cases": results}
-    ours, default, packed = (results.get(k, {}) for k in ("tailorlm_lora", "trl_default", "trl_packed"))
-    if "real_tokens_per_second" in ours:
-        ratios = {"share_of_lora_limit": ours["real_tokens_per_second"] / lora_limit}
+    default, packed = (results.get(k, {}) for k in ("trl_default", "trl_packed"))
+    ratios = {}
+    for case, suffix, limit in (("tailorlm_lora", "", lora_limit_fp16), ("tailorlm_lora_fp32", "_fp32", lora_limit)):
+        ours = results.get(case, {})
+        if "real_tokens_per_second" not in ours:
+            continue
+        ratios[f"share_of_lora_limit{suffix}"] = ours["real_tokens_per_second"] / limit
         if "real_tokens_per_second" in default:
-            ratios["vs_trl_default_speed"] = ours["real_tokens_per_second"] / default["real_tokens_per_second"]
-            ratios["vs_trl_default_memory"] = ours["peak_memory_mb"] / default["peak_memory_mb"]
+            ratios[f"vs_trl_default_speed{suffix}"] = ours["real_tokens_per_second"] / default["real_tokens_per_second"]
+            ratios[f"vs_trl_default_memory{suffix}"] = ours["peak_memory_mb"] / default["peak_memory_mb"]
         if "real_tokens_per_second" in packed:
-            ratios["vs_trl_packed_speed"] = ours["real_tokens_per_second"] / packed["real_tokens_per_second"]
-            ratios["vs_trl_packed_memory"] = ours["peak_memory_mb"] / packed["peak_memory_mb"]
+            ratios[f"vs_trl_packed_speed{suffix}"] = ours["real_tokens_per_second"] / packed["real_tokens_per_second"]
+            ratios[f"vs_trl_packed_memory{suffix}"] = ours["peak_memory_mb"] / packed["peak_memory_mb"]
+    if ratios:
         report["ratios"] = ratios
     full = results.get("tailorlm_full", {})
     if "real_tokens_per_second" in full:
