@@ -114,3 +114,41 @@ def test_adapter_training_with_fp16_frozen_weights_learns_as_fp32_does_and_ends_
     reloaded, _, _ = load_specialist(tmp_path / "half")
     with torch.no_grad():
         assert torch.equal(half.model(**ids).logits, reloaded(**ids).logits)
+
+
+def test_restore_reads_the_exact_layers_back_from_the_model_files(tmp_path):
+    import peft
+    from transformers import BertConfig, BertForSequenceClassification, BertModel
+
+    from tailorlm.training.frozen import restore_frozen
+
+    def no_reload():
+        raise AssertionError("the layers are in the files: no reload")
+
+    tiny_llama().save_pretrained(tmp_path / "llama")
+    from transformers import LlamaForCausalLM
+
+    model = peft.get_peft_model(LlamaForCausalLM.from_pretrained(tmp_path / "llama"),
+                                peft.LoraConfig(r=4, target_modules=["q_proj"]))
+    exact = {n: p.clone() for n, p in model.named_parameters()}
+    use_half_frozen(model)
+    assert restore_frozen(model, str(tmp_path / "llama"), no_reload) == 14
+    assert {n: p for n, p in model.named_parameters()}.keys() == exact.keys()
+    assert all(torch.equal(p, exact[n]) and p.requires_grad == exact[n].requires_grad
+               for n, p in model.named_parameters())
+
+    # A classifier on a base checkpoint: its modules are under `bert.`, the file's keys are not; biases come back too.
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                         intermediate_size=64)).save_pretrained(tmp_path / "bert")
+    classifier = peft.get_peft_model(BertForSequenceClassification.from_pretrained(tmp_path / "bert", num_labels=3),
+                                     peft.LoraConfig(r=4, target_modules=["query"], task_type="SEQ_CLS"))
+    exact = {n: p.clone() for n, p in classifier.named_parameters()}
+    use_half_frozen(classifier)
+    assert restore_frozen(classifier, str(tmp_path / "bert"), no_reload) > 0
+    assert all(torch.equal(p, exact[n]) for n, p in classifier.named_parameters())
+    # Without files to read (a folder with none), the base is built again and the layers come from it.
+    use_half_frozen(model)
+    fresh = LlamaForCausalLM.from_pretrained(tmp_path / "llama")
+    assert restore_frozen(model, str(tmp_path / "empty"), lambda: fresh) == 14
+    assert model.base_model.model.model.layers[0].mlp.up_proj is fresh.model.layers[0].mlp.up_proj

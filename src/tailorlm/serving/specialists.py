@@ -19,8 +19,9 @@ from typing import Any
 
 from tailorlm.errors import ConfigError, ModelError
 
-# run_alone(prompt_or_messages, sampling, on_text) -> the full text; on_text gets it piece by piece as it is made.
-RunAlone = Callable[[Any, Any, Callable[[str], None]], str]
+# run_alone(prompt_or_messages, sampling, on_text) -> the full text, or an engine.Answer (the text with its token count
+# and finish reason); on_text gets the text piece by piece as it is made.
+RunAlone = Callable[[Any, Any, Callable[[str], None]], Any]
 GENERATIVE_ARCHITECTURES = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")
 LLAMA_CPP_MISSING = ("serving a GGUF file needs the llama.cpp engine, which is not installed: "
                      "pip install llama-cpp-python (it builds from source, several minutes on a small CPU); "
@@ -165,9 +166,9 @@ def load_served(specs: Sequence[str], *, device: str | None = None, dtype: Any =
 
 def _compact(served: dict[str, ServedModel], note: Callable[[str], None]) -> None:
     """Store the weights of every served language model on the CPU in fp16 (each shared model once)."""
-    from tailorlm.serving.compact import compact_weights, half_weights_supported
-
     import torch
+
+    from tailorlm.serving.compact import compact_weights, half_weights_supported
 
     models = {id(item.model): item.model for item in served.values() if isinstance(item.model, torch.nn.Module)}
     on_cpu = [m for m in models.values() if next(m.parameters()).device.type == "cpu"]

@@ -89,25 +89,83 @@ def use_half_frozen(model: nn.Module) -> int:
                     child.bias is None or not child.bias.requires_grad):
                 setattr(parent, name, FrozenHalfLinear(child))
                 replaced += 1
+    if replaced:
+        _own_memory(model)
     return replaced
 
 
-def restore_frozen(model: nn.Module, load_base: Callable[[], nn.Module]) -> int:
-    """Put the exact fp32 layers back where `use_half_frozen` put fp16 ones, from a fresh load of the base model
-    (`load_base()`, which builds it as training did); returns how many."""
+def _own_memory(model: nn.Module) -> None:
+    """Copy the parameters that stay into memory of their own: a model loaded from safetensors holds views of the
+    mapped file, and the whole mapping (all of the fp32 weights just replaced) stays resident while one view is left."""
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.data = parameter.data.clone()
+
+
+def restore_frozen(model: nn.Module, model_path: str, load_base: Callable[[], nn.Module]) -> int:
+    """Put the exact fp32 layers back where `use_half_frozen` put fp16 ones; returns how many.
+
+    The weights are read one layer at a time from the model's safetensors files in `model_path`, each replacing its
+    fp16 copy, so restoring needs no memory beyond what training had. Where a layer's weight is not found under its
+    name there (an unusual checkpoint layout), the base model is built again with `load_base()` and the layers are
+    taken from it.
+    """
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    replaced = [(name, module) for name, module in base.named_modules() if isinstance(module, FrozenHalfLinear)]
+    replaced = [name for name, module in base.named_modules() if isinstance(module, FrozenHalfLinear)]
     if not replaced:
         return 0
+    plain = {name: ".".join(p for p in name.split(".") if p != "base_layer") for name in replaced}
+    reader = _CheckpointReader(model_path)
+    keys = {name: reader.key(f"{path}.weight") for name, path in plain.items()}
+    if all(keys.values()):
+        for name in replaced:
+            half = base.get_submodule(name)
+            weight = reader.tensor(keys[name])
+            bias_key = reader.key(f"{plain[name]}.bias")
+            linear = nn.Linear(half.in_features, half.out_features, bias=bias_key is not None)
+            with torch.no_grad():
+                linear.weight.copy_(weight)
+                if bias_key is not None:
+                    linear.bias.copy_(reader.tensor(bias_key))
+            _put(base, name, linear.requires_grad_(False))
+        return len(replaced)
     fresh = load_base()
-    for name, _ in replaced:
-        original = fresh.get_submodule(".".join(p for p in name.split(".") if p != "base_layer"))
+    for name in replaced:
+        original = fresh.get_submodule(plain[name])
         if not isinstance(original, nn.Linear):
             raise RuntimeError(f"cannot restore {name}: the reloaded base model has {type(original).__name__} there")
-        original.requires_grad_(False)
-        parent_name, _, child = name.rpartition(".")
-        setattr(base.get_submodule(parent_name) if parent_name else base, child, original)
+        _put(base, name, original.requires_grad_(False))
     return len(replaced)
+
+
+def _put(root: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, child, module)
+
+
+class _CheckpointReader:
+    """Tensors of a model folder's safetensors files by name, read one at a time (a module path may carry the
+    model's base prefix that a base checkpoint's keys lack, such as `bert.` in a classifier built on BERT)."""
+
+    def __init__(self, folder: str) -> None:
+        from pathlib import Path
+
+        from safetensors import safe_open
+
+        self.files: dict[str, Any] = {}
+        for path in sorted(Path(folder).glob("*.safetensors")) if folder else []:
+            handle = safe_open(str(path), framework="pt")
+            for key in handle.keys():
+                self.files[key] = handle
+
+    def key(self, name: str) -> str | None:
+        if name in self.files:
+            return name
+        rest = name.split(".", 1)[1] if "." in name else None
+        return rest if rest in self.files else None
+
+    def tensor(self, key: str) -> torch.Tensor:
+        return self.files[key].get_tensor(key).float()
 
 
 def _keeps_own(module: Any) -> bool:

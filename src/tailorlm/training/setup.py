@@ -75,7 +75,8 @@ class Prepared:
         if not (world.main or fsdp_root is not None):
             return
         if self.load_base is not None:
-            restore_frozen(unwrap_model(self.model), self.load_base)  # the exact fp32 base, as a reload gives it
+            # The exact fp32 base, as a reload gives it.
+            restore_frozen(unwrap_model(self.model), self.model_path, self.load_base)
         restore_attention(unwrap_model(self.model))  # the saved model uses plain SDPA, like any other
         restore_layers(self.model)
         if state.best_step is not None and state.best_step != state.step:
