@@ -80,8 +80,12 @@ def test_a_training_recipe_resolves_full_and_quick(recipe):
     from tailorlm.training.config import resolve_config
 
     config = resolve_config(recipe)
-    quick = resolve_config(recipe, quick=True) if "quick" in load_yaml(recipe) else config
-    assert quick.train.max_steps is None or config.train.max_steps is None or quick.train.max_steps <= config.train.max_steps
+    # Every training recipe opens with its --quick command: a bounded run, minutes on a 2-core CPU.
+    assert "--quick" in first_command(recipe) and "quick" in load_yaml(recipe)
+    quick = resolve_config(recipe, quick=True)
+    assert quick.train.max_steps is not None and quick.train.max_steps <= 60
+    assert config.train.max_steps is None or quick.train.max_steps <= config.train.max_steps
+    assert quick.output != config.output  # a quick run does not land in the full run's folder
     train = config.data["train"]
     for path in [train] if isinstance(train, str) else train:
         full = (Path(config.base_dir) / path).resolve()
