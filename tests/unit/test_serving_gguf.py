@@ -121,3 +121,32 @@ def test_the_server_answers_for_the_gguf_beside_a_pytorch_model(gguf_file, tiny_
         server.should_exit = True
         thread.join(30)
         sock.close()
+
+
+def test_a_gguf_without_a_chat_template_answers_completions_and_refuses_chat_with_400(tiny_llama_dir, tmp_path):
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (the optional llama.cpp engine)")
+    import time
+
+    import openai
+
+    from tailorlm.export import export
+    from tailorlm.serving import bind, build_server
+
+    plain = export(tiny_llama_dir, format="gguf", quant="f32", output=tmp_path / "plain").gguf_file
+    sock = bind("127.0.0.1", 0)
+    server = build_server([f"plain={plain}"], sock=sock, device="cpu", log_level="warning")
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.02)
+    try:
+        api = openai.OpenAI(base_url=f"http://127.0.0.1:{sock.getsockname()[1]}/v1", api_key="x", max_retries=0)
+        with pytest.raises(openai.BadRequestError) as err:
+            api.chat.completions.create(model="plain", messages=HELLO, max_tokens=4)
+        assert "tokenizer.chat_template" in err.value.response.json()["error"]["message"]
+        reply = api.completions.create(model="plain", prompt="the quick brown fox", max_tokens=4, temperature=0)
+        assert reply.usage.completion_tokens <= 4 and reply.choices[0].finish_reason in ("length", "stop")
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        sock.close()

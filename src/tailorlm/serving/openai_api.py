@@ -24,6 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tailorlm.errors import TailorError
 from tailorlm.serving.engine import Delta, Engine, EngineClosed, Failed, Finished, QueueFull, Request, Sampling
+from tailorlm.serving.specialists import GgufServed
 
 DEFAULT_MAX_TOKENS = 512
 MAX_STOP = 4
@@ -92,7 +93,7 @@ def create_app(served: Mapping[str, Any], engine: Engine, *, api_key: str | None
         body = await _json_body(request)
         target = _generator(served, body)
         messages = _messages(body)
-        if target.run_alone is None:
+        if target.run_alone is None or isinstance(target, GgufServed):  # a GGUF without a template: a 400 here
             prompt_ids = await _encode(target.encode_chat, messages)
         else:
             prompt_ids = await _encode(target.encode_chat, messages) if _has_template(target) else []
