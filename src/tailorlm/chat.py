@@ -292,12 +292,26 @@ def run_chat(session: ChatSession, *, read: Callable[[str], str] | None = None, 
 
 
 def open_chat(target: str | Path, *, system: str | None = None, max_new_tokens: int | None = None,
-              temperature: float = 0.0, device: str | None = None) -> ChatSession:
+              temperature: float = 0.0, device: str | None = None, weights: str = "fp32") -> ChatSession:
     """A session with a model reference, a trained specialist, a prompting specialist or a RAG specialist.
 
     `system` replaces the specialist's system prompt when given; `max_new_tokens` defaults to a RAG specialist's
-    own setting, and to DEFAULT_MAX_NEW_TOKENS for the others.
+    own setting, and to DEFAULT_MAX_NEW_TOKENS for the others. `weights="fp16"` stores the weights in fp16 on the
+    CPU for faster answers (`serving.compact`); "fp32" keeps them exact.
     """
+    from tailorlm.serving.compact import WEIGHTS, store_weights
+
+    if weights not in WEIGHTS:
+        raise ConfigError("unknown weight storage", key="weights", found=repr(weights), expected=" or ".join(WEIGHTS))
+    session = _open(target, system=system, max_new_tokens=max_new_tokens, temperature=temperature, device=device)
+    why_not = store_weights(session.model, weights)
+    if why_not:
+        session.notes.append(f"{why_not}; the weights stay as they are")
+    return session
+
+
+def _open(target: str | Path, *, system: str | None, max_new_tokens: int | None, temperature: float,
+          device: str | None) -> ChatSession:
     from tailorlm.strategies.base import MANIFEST, TaskPrompt, load_specialist, read_manifest
     from tailorlm.strategies.rag import is_rag_specialist
 

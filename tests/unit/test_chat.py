@@ -274,6 +274,23 @@ def test_open_chat_on_a_model_reference(chat_dir: Path) -> None:
     assert chat.ask("hello", on_text=pieces.append).text == "".join(pieces)
 
 
+def test_chat_stores_the_weights_in_fp16_when_asked_and_answers_as_before(chat_dir: Path) -> None:
+    from tailorlm.cli import _parser_for
+    from tailorlm.serving.compact import HalfLinear, half_weights_supported
+
+    if half_weights_supported() is not None:
+        pytest.skip(half_weights_supported())
+    exact = open_chat(chat_dir, max_new_tokens=8, device="cpu")  # the library's default: exact fp32
+    half = open_chat(chat_dir, max_new_tokens=8, device="cpu", weights="fp16")
+    assert not any(isinstance(m, HalfLinear) for m in exact.model.modules())
+    assert any(isinstance(m, HalfLinear) for m in half.model.modules()) and half.notes == []
+    # The tiny chat model's greedy answer is the same with its weights rounded to fp16.
+    assert half.ask("hello").text == exact.ask("hello").text
+    assert _parser_for(["chat", "x"]).parse_args(["chat", "x"]).weights == "fp16"  # `tailor chat`'s default
+    with pytest.raises(ConfigError, match="weights"):
+        open_chat(chat_dir, device="cpu", weights="int8")
+
+
 def test_a_model_without_a_chat_template_is_refused(tiny_llama_dir: Path) -> None:
     with pytest.raises(ModelError, match="no chat template") as err:
         open_chat(tiny_llama_dir, device="cpu")

@@ -16,6 +16,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=float, default=0.0, metavar="T",
                         help="sampling temperature (default 0: greedy)")
     parser.add_argument("--device", metavar="DEVICE", help="cpu or cuda (default: cuda when a GPU is visible)")
+    parser.add_argument("--weights", choices=("fp16", "fp32"), default="fp16",
+                        help="on the CPU, store the weights in fp16 and compute in fp32 for faster answers (default "
+                             "fp16); fp32 keeps them exactly as trained")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -25,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
 
     console = Console(highlight=False, soft_wrap=True)
     session = open_chat(args.target, system=args.system, max_new_tokens=args.max_new_tokens,
-                        temperature=args.temperature, device=args.device)
+                        temperature=args.temperature, device=args.device, weights=args.weights)
     console.print(f"chatting with {session.name} ({session.context}-token context); {command_list()}",
                   style="dim", markup=False)
     try:

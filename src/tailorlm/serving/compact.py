@@ -88,3 +88,20 @@ def _keeps_fp32(module: Any) -> bool:
     """A peft LoRA layer with a DoRA adapter: its forward reads the base layer's weight."""
     use_dora = getattr(module, "use_dora", None)
     return isinstance(use_dora, dict) and any(use_dora.values())
+
+
+def store_weights(model: nn.Module, weights: str) -> str | None:
+    """Apply the `weights` setting ('fp16' or 'fp32') to a model that is about to generate; returns why fp16 was asked
+    for and not applied (a model on an accelerator, or a CPU without fbgemm), else None."""
+    if weights not in WEIGHTS:
+        from tailorlm.errors import ConfigError
+
+        raise ConfigError("unknown weight storage", key="weights", found=repr(weights), expected=" or ".join(WEIGHTS))
+    if weights == "fp32":
+        return None
+    if next(model.parameters()).device.type != "cpu":
+        return "fp16 weight storage is for the CPU: a model on an accelerator keeps its dtype"
+    why = half_weights_supported()
+    if why is None:
+        compact_weights(model)
+    return why
