@@ -347,3 +347,24 @@ def test_a_plain_model_reference_exports_to_gguf_without_any_difference(tiny_lla
                  str(tmp_path / "o")]) == 0
     parity = json.loads((tmp_path / "o" / "parity.json").read_text())
     assert parity["max_abs_diff"] == 0.0 and parity["quant"] == "f32" and parity["notes"] == []
+
+
+def test_a_gguf_that_llama_cpp_cannot_read_fails_the_check_and_keeps_the_files(lora_dir, tmp_path, capsys,
+                                                                              monkeypatch):
+    import types
+
+    import tailorlm.export.parity as parity
+
+    monkeypatch.setitem(sys.modules, "llama_cpp", types.ModuleType("llama_cpp"))  # "installed"
+
+    def cannot_load(path, inputs):
+        raise ValueError(f"Failed to load model from file: {path}")
+
+    monkeypatch.setattr(parity, "llama_cpp_logits", cannot_load)
+    out = tmp_path / "f16"
+    assert main(["export", str(lora_dir), "--format", "gguf", "--quant", "f16", "--output", str(out)]) == 1
+    captured = capsys.readouterr()
+    assert "read by llama.cpp" in captured.out and "llama.cpp could not read the file: ValueError" in captured.err
+    parity_json = json.loads((out / "parity.json").read_text())
+    assert parity_json["passed"] and not parity_json["llama_cpp"]["passed"]  # transformers read it; llama.cpp did not
+    assert (out / "tiny-lora-f16.gguf").is_file()  # the file stays for inspection

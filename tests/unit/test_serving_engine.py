@@ -609,3 +609,36 @@ def test_calls_run_on_the_engine_thread_between_decoding_steps(served):
         engine.close()
     with pytest.raises(EngineClosed):
         engine.call(lambda: None)
+
+
+class Trickling:
+    """A one-at-a-time specialist that writes its answer a piece at a time, slowly."""
+
+    tokenizer = None
+    name = "trickling"
+
+    def __init__(self, pieces: int) -> None:
+        self.pieces, self.written = pieces, 0
+
+    def run_alone(self, prompt, sampling, on_text):
+        for _ in range(self.pieces):
+            time.sleep(0.01)
+            self.written += 1
+            on_text("x")
+        return "x" * self.pieces
+
+
+def test_calls_also_run_between_the_pieces_of_a_one_at_a_time_answer():
+    served = Trickling(200)
+    engine = Engine()
+    ended = threading.Event()
+    try:
+        engine.submit(Request(served=served, sampling=GREEDY, prompt="p",
+                              on_event=lambda e: ended.set() if isinstance(e, (Finished, Failed)) else None))
+        while served.written < 3:
+            time.sleep(0.005)
+        at_call = engine.call(lambda: served.written)
+        assert 3 <= at_call < 200 and not ended.is_set()  # an embedding does not wait for the whole answer
+        assert ended.wait(30)
+    finally:
+        engine.close()

@@ -116,13 +116,18 @@ def _llama_cpp_parity(path: Path, reference: list[Any], inputs: list[Any], token
         import llama_cpp  # noqa: F401
     except ImportError:
         return None, LLAMA_CPP_SKIPPED
-    from tailorlm.export.parity import compare, llama_cpp_logits
+    from tailorlm.export.parity import compare, llama_cpp_logits, unreadable
 
     say("reading the GGUF file back with llama.cpp")
-    logits, tokens = llama_cpp_logits(path, inputs)
+    try:
+        logits, tokens = llama_cpp_logits(path, inputs)
+    except (ValueError, RuntimeError) as err:  # llama.cpp cannot load or run the file: the check fails, files stay
+        return unreadable(check, inputs, "llama.cpp", err), None
     try:
         return compare(reference, logits, export=check, inputs=inputs, exported_tokenizer=tokens,
                        reference_tokenizer=tokenizer, reader="llama.cpp"), None
+    except (ValueError, RuntimeError) as err:  # e.g. a vocabulary of another size: logits that cannot be compared
+        return unreadable(check, inputs, "llama.cpp", err), None
     finally:
         tokens.llm.close()
 

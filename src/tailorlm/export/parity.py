@@ -155,12 +155,16 @@ def llama_cpp_logits(path: Path, inputs: list[ParityInput]) -> tuple[list[Any], 
 
     context = max(len(item.ids) for item in inputs) + 8
     llm = Llama(model_path=str(path), n_ctx=context, n_batch=context, logits_all=True, n_threads=_threads(),
-                verbose=False)
+                n_threads_batch=_threads(), verbose=False)
     results = []
-    for item in inputs:
-        llm.reset()
-        llm.eval(item.ids)
-        results.append(torch.from_numpy(np.array(llm.scores[: len(item.ids)], dtype=np.float32)))  # (T, V)
+    try:
+        for item in inputs:
+            llm.reset()
+            llm.eval(item.ids)
+            results.append(torch.from_numpy(np.array(llm.scores[: len(item.ids)], dtype=np.float32)))  # (T, V)
+    except BaseException:
+        llm.close()
+        raise
     return results, GgufTokens(llm)  # close its .llm when done
 
 
@@ -206,6 +210,16 @@ def compare(reference: list[Any], exported: list[Any], *, export: str, inputs: l
         chat_template_match=chat_match, tolerance=asdict(tolerance), passed=not failures, failures=failures,
         reader=reader,
     )
+
+
+def unreadable(export: str, inputs: list[ParityInput], reader: str, error: BaseException) -> ParityReport:
+    """A failed check for an export that `reader` could not load or run at all."""
+    message = str(error).splitlines()[0] if str(error) else type(error).__name__
+    return ParityReport(export=export, prompts=len(inputs), positions=0, max_abs_diff=float("nan"),
+                        mean_abs_diff=float("nan"), logit_scale=float("nan"), top1_agreement=0.0, tokens_match=False,
+                        chat_template_match=None, tolerance=asdict(TOLERANCES[export]), passed=False,
+                        failures=[f"{reader} could not read the file: {type(error).__name__}: {message}"],
+                        reader=reader)
 
 
 def write_report(report: ParityReport, folder: Path, **extra: Any) -> Path:

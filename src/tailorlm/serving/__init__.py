@@ -43,7 +43,7 @@ def build_server(specs: Sequence[str], *, sock: socket.socket, api_key: str | No
         # Loaded on the engine's thread, where all their compute runs (see Engine.call).
         served = engine.call(lambda: load_served(specs, device=device, dtype=dtype, weights=weights, on_note=on_note))
     except BaseException:
-        engine.close()
+        engine.close(timeout=0)  # Ctrl-C while loading: do not wait for the load (the worker is a daemon thread)
         raise
     app = create_app(served, engine, api_key=api_key, timeout=timeout)
     config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=None)

@@ -92,7 +92,8 @@ def _keeps_fp32(module: Any) -> bool:
 
 def store_weights(model: nn.Module, weights: str) -> str | None:
     """Apply the `weights` setting ('fp16' or 'fp32') to a model that is about to generate; returns why fp16 was asked
-    for and not applied (a model on an accelerator, or a CPU without fbgemm), else None."""
+    for and not applied on a CPU without fbgemm, else None. It is a CPU setting: a model on an accelerator keeps its
+    dtype, without a note."""
     if weights not in WEIGHTS:
         from tailorlm.errors import ConfigError
 
@@ -100,7 +101,7 @@ def store_weights(model: nn.Module, weights: str) -> str | None:
     if weights == "fp32":
         return None
     if next(model.parameters()).device.type != "cpu":
-        return "fp16 weight storage is for the CPU: a model on an accelerator keeps its dtype"
+        return None
     why = half_weights_supported()
     if why is None:
         compact_weights(model)

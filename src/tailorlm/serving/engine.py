@@ -347,14 +347,17 @@ class _Stopped(Exception):
     """Raised inside a one-at-a-time generation to end it early."""
 
 
-def run_alone(request: Request) -> None:
-    """Generate one request of a specialist that cannot be batched (RAG, prompt-learning adapters)."""
+def run_alone(request: Request, between: Callable[[], None] | None = None) -> None:
+    """Generate one request of a specialist that cannot be batched (RAG, prompt-learning adapters, llama.cpp);
+    `between()` is called with each piece of text (the engine runs its queued calls there)."""
     served, sampling = request.served, request.sampling
     text = StopText(sampling.stop)
     so_far: list[str] = []
     reason: list[str] = []
 
     def on_text(piece: str) -> None:
+        if between is not None:
+            between()
         so_far.append(piece)
         out, stopped = text.update("".join(so_far))
         if out:
@@ -508,7 +511,7 @@ class Engine:
                 if not batch:
                     continue
                 if batch[0].served.run_alone is not None:
-                    run_alone(batch[0])
+                    run_alone(batch[0], between=self._run_calls)
                 else:
                     served = batch[0].served
                     decode_batch(served, batch, more=lambda room: self._more(served, room, batch),

@@ -101,7 +101,7 @@ class GgufModel:
                 piece = text.decode(self.llm.detokenize([token], special=False))
                 if piece:
                     parts.append(piece)
-                    on_text(piece)
+                on_text(piece)  # also with no text yet: the time limit and a client gone are checked each token
                 if count >= sampling.max_tokens:
                     break
         finally:
@@ -122,7 +122,8 @@ def load_gguf(path: str | Path, *, threads: int | None = None) -> GgufModel:
         raise ModelError("no such GGUF file", where=str(path), expected="a .gguf file")
     context = min(_trained_context(path) or MAX_CONTEXT, MAX_CONTEXT)
     try:
-        llm = Llama(model_path=str(path), n_ctx=context, n_threads=threads or _threads(), verbose=False)
+        llm = Llama(model_path=str(path), n_ctx=context, n_threads=threads or _threads(),
+                    n_threads_batch=threads or _threads(), verbose=False)
     except (ValueError, RuntimeError) as err:
         raise ModelError("llama.cpp cannot load this GGUF file", where=str(path), found=str(err).splitlines()[0],
                          expected="a GGUF model file that llama.cpp reads (`tailor export --format gguf` writes one)"

@@ -179,8 +179,9 @@ def prepare(config: RunConfig, *, resume: bool, overwrite: bool, console: Consol
     trainable, total = count_parameters(model)
     load_base, perplexity_before = None, None
     half_frozen = half_frozen_applies(device, settings.frozen_weights) is None
-    if half_frozen and forgetting is not None and not resume and world.main:
-        # Before the frozen weights go fp16: the check compares the exact weights before and after.
+    if half_frozen and forgetting is not None and world.main:
+        # Before the frozen weights go fp16: the check compares the exact weights before and after (a resumed run
+        # keeps the numbers its checkpoint saved, when it has them).
         console.print("measuring perplexity on the forgetting check's texts before training")
         perplexity_before = forgetting.measure(model, chunk_size=settings.loss_chunk_size)
     if half_frozen and use_half_frozen(model):
