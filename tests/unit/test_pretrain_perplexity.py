@@ -108,8 +108,6 @@ def write_run(tmp_path: Path, model_dir: Path, method: str = "full", **forgettin
     return path
 
 
-# LoRA: the frozen base weights train in fp16 on the CPU (training/frozen.py), yet before and after are measured with
-# the exact fp32 weights, so they equal what the base model and the reloaded specialist give.
 @pytest.mark.parametrize("method", ["full", "lora"])
 def test_forgetting_perplexities_before_and_after_are_measured_and_stored_in_the_manifest(tmp_path, tiny_llama_dir,
                                                                                          method):
@@ -134,7 +132,6 @@ def test_forgetting_perplexities_before_and_after_are_measured_and_stored_in_the
     trained = load_specialist(tmp_path / "run")[0].eval()
     for name, tokens in (("general", general), ("domain", domain)):
         assert stored[name]["tokens"] == len(tokens)
-        # Tight: fp16-rounded weights move this tiny model's perplexity by about 2e-6 of itself.
         assert stored[name]["before"] == pytest.approx(perplexity(base, tokens, window=32).value, rel=5e-7)
         assert stored[name]["after"] == pytest.approx(perplexity(trained, tokens, window=32).value, rel=5e-7)
         assert stored[name]["change"] == pytest.approx(stored[name]["after"] / stored[name]["before"] - 1)

@@ -113,10 +113,10 @@ class TrainSettings:
     """Sequences per forward pass; a batch is run in pieces of this size with gradients accumulated, which gives the
     same result with less activation memory. Default: 1 on CPU (no speed lost there), batch_size on GPU."""
     gradient_checkpointing: bool = False
-    frozen_weights: Literal["fp16", "fp32"] = "fp16"
-    """On the CPU, keep the frozen base weights of adapter (and freeze) training packed in fp16 and multiply in fp32:
-    about twice as fast per matmul, each frozen weight rounded to fp16 (training/frozen.py); fp32 keeps them exact.
-    The saved specialist and the model after training have the exact fp32 base either way."""
+    cpu_matmul: Literal["onednn", "default"] = "onednn"
+    """On the CPU, multiply the fp32 linear layers (forward and backward) through oneDNN, which uses the AVX-512 units
+    that PyTorch's default (MKL) leaves idle on AMD CPUs: about twice as fast there, the same fp32 arithmetic
+    (training/matmul.py). `default` keeps PyTorch's own path."""
     loss_chunk_size: int = 256
     """Tokens per chunk of the output layer and loss, so full logits are never held at once."""
     eval_every: int | None = None

@@ -23,6 +23,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from tailorlm.errors import ConfigError
+from tailorlm.training.matmul import mm_t, uses_onednn
 from tailorlm.training.packing import IGNORE_INDEX
 
 
@@ -67,7 +68,8 @@ def causal_lm_loss(
     targets = targets[keep]  # (N,)
     head, transform = output_head(model)
     if _is_plain_linear(head):
-        loss = _LinearCrossEntropy.apply(selected, head.weight, head.bias, targets, transform, chunk_size)
+        onednn = uses_onednn(head)  # multiply through oneDNN as the model's other linear layers do
+        loss = _LinearCrossEntropy.apply(selected, head.weight, head.bias, targets, transform, chunk_size, onednn)
     else:
         loss = _checkpointed_cross_entropy(head, transform, selected, targets, chunk_size)
     return loss, keep.sum()
@@ -214,6 +216,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         targets: torch.Tensor,  # (N,)
         transform: HeadTransform,
         chunk_size: int,
+        onednn: bool = False,
     ) -> torch.Tensor:
         want_hidden, want_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         want_bias = bias is not None and ctx.needs_input_grad[2]
@@ -225,7 +228,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             rows = slice(start, start + chunk_size)
             out = None if grad_hidden is None else grad_hidden[rows]
             total += _chunk_loss_and_grads(
-                hidden[rows], weight, bias, targets[rows], transform, out, grad_weight, grad_bias
+                hidden[rows], weight, bias, targets[rows], transform, out, grad_weight, grad_bias, onednn
             )
         ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
         ctx.dtypes = (hidden.dtype, weight.dtype, None if bias is None else bias.dtype)
@@ -236,7 +239,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grads = [
             None if g is None else (g * grad_total).to(dtype) for g, dtype in zip(ctx.saved_tensors, ctx.dtypes)
         ]
-        return grads[0], grads[1], grads[2], None, None, None
+        return grads[0], grads[1], grads[2], None, None, None, None
 
 
 def _chunk_loss_and_grads(
@@ -248,9 +251,14 @@ def _chunk_loss_and_grads(
     grad_h: torch.Tensor | None,  # (C, H), written
     grad_weight: torch.Tensor | None,  # (V, H) fp32, accumulated
     grad_bias: torch.Tensor | None,  # (V,) fp32, accumulated
+    onednn: bool = False,
 ) -> torch.Tensor:
-    """Summed cross-entropy of one chunk; its gradients go into the given buffers. The (C, V) logits die on return."""
-    logits = F.linear(h, weight, bias).float()  # (C, V)
+    """Summed cross-entropy of one chunk; its gradients go into the given buffers. The (C, V) logits die on return.
+
+    With `onednn`, the two products that need no buffer of the weight's size (logits and ∂h) go through oneDNN
+    (`training/matmul.py`); ∂W accumulates in place through PyTorch's addmm.
+    """
+    logits = (mm_t(h, weight, bias) if onednn else F.linear(h, weight, bias)).float()  # (C, V)
     if transform.scale != 1.0:
         logits.mul_(transform.scale)
     tanh = None
@@ -271,7 +279,9 @@ def _chunk_loss_and_grads(
     if transform.scale != 1.0:
         grad.mul_(transform.scale)
     grad = grad.to(weight.dtype)
-    if grad_h is not None:
+    if grad_h is not None and onednn:
+        grad_h.copy_(mm_t(grad, weight.t()))  # (C, H)
+    elif grad_h is not None:
         torch.mm(grad, weight, out=grad_h)  # (C, H)
     if grad_weight is not None and grad.dtype == torch.float32:
         grad_weight.addmm_(grad.t(), h)  # (V, H)

@@ -16,8 +16,8 @@ from tailorlm.errors import ConfigError, DataError
 from tailorlm.strategies.adapters import apply_method, count_parameters
 from tailorlm.strategies.base import Manifest, file_sha256, library_versions, save_specialist
 from tailorlm.training.attention import restore_attention, use_packed_attention
-from tailorlm.training.frozen import half_frozen_applies, restore_frozen, use_half_frozen
 from tailorlm.training.fused import restore_layers, use_lean_layers
+from tailorlm.training.matmul import restore_linear, use_onednn_linear
 from tailorlm.training.batches import BatchPlan, StreamPlan
 from tailorlm.training.checkpoint import list_checkpoints
 from tailorlm.training.config import PROMPT_METHODS, REPORT_ONLY_KEYS, RunConfig, TrainSettings
@@ -51,10 +51,6 @@ class Prepared:
     template_added: bool
     forgetting: Any = None
     """A `perplexity.ForgettingCheck` when the recipe asks for one."""
-    load_base: Any = None
-    """Builds the base model again as training did (for `frozen.restore_frozen`)."""
-    perplexity_before: dict[str, float] | None = None
-    """The forgetting check's perplexities before training, measured with the exact fp32 weights."""
 
     def autocast(self) -> Any:
         """bf16 autocast on GPU; nothing on CPU, where fp32 is the fast dtype."""
@@ -74,11 +70,9 @@ class Prepared:
 
         if not (world.main or fsdp_root is not None):
             return
-        if self.load_base is not None:
-            # The exact fp32 base, as a reload gives it.
-            restore_frozen(unwrap_model(self.model), self.model_path, self.load_base)
         restore_attention(unwrap_model(self.model))  # the saved model uses plain SDPA, like any other
         restore_layers(self.model)
+        restore_linear(self.model)
         if state.best_step is not None and state.best_step != state.step:
             load_trainable(self.model, checkpoint_dir(self.output, state.best_step) / "trainable.safetensors")
         weights = gather_model(self.model) if fsdp_root is not None else None
@@ -177,15 +171,8 @@ def prepare(config: RunConfig, *, resume: bool, overwrite: bool, console: Consol
     use_lean_layers(model)  # RMSNorm and SwiGLU that keep fewer tensors for the backward
     model = apply_method(model, config, model_path=model_path)
     trainable, total = count_parameters(model)
-    load_base, perplexity_before = None, None
-    half_frozen = half_frozen_applies(device, settings.frozen_weights) is None
-    if half_frozen and forgetting is not None and world.main:
-        # Before the frozen weights go fp16: the check compares the exact weights before and after (a resumed run
-        # keeps the numbers its checkpoint saved, when it has them).
-        console.print("measuring perplexity on the forgetting check's texts before training")
-        perplexity_before = forgetting.measure(model, chunk_size=settings.loss_chunk_size)
-    if half_frozen and use_half_frozen(model):
-        load_base = lambda: _model(config, label_names, device, Console(quiet=True))[0]  # noqa: E731
+    if device.type == "cpu" and settings.cpu_matmul == "onednn":
+        use_onednn_linear(model)  # fp32 linear layers through oneDNN, which uses AVX-512 where MKL does not
     if settings.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if hasattr(model, "enable_input_require_grads"):
@@ -206,8 +193,7 @@ def prepare(config: RunConfig, *, resume: bool, overwrite: bool, console: Consol
     return Prepared(config=config, output=output, device=device, dtype=dtype, model=model, tokenizer=tokenizer,
                     model_path=model_path, objective=config.objective, plan=plan, eval_plan=eval_plan,
                     label_names=label_names, data_files=_fingerprints(spec), trainable=trainable,
-                    total=total, template_added=template_added, forgetting=forgetting, load_base=load_base,
-                    perplexity_before=perplexity_before)
+                    total=total, template_added=template_added, forgetting=forgetting)
 
 
 def _model(config: RunConfig, label_names: list[str] | None, device: torch.device,
