@@ -256,6 +256,8 @@ def _check_output(output: Path, config: RunConfig, *, resume: bool, overwrite: b
             raise ConfigError("nothing to resume: the output folder holds no checkpoint", where=str(output),
                               hint="Run without --resume to start")
         saved = json.loads(run_file.read_text(encoding="utf-8")) if run_file.is_file() else None
+        if saved is not None and isinstance(saved.get("train"), dict):  # written by a version that kept these
+            saved["train"] = {k: v for k, v in saved["train"].items() if k not in ("cpu_matmul", "frozen_weights")}
         if saved is not None and json.dumps(saved, sort_keys=True) != wanted:
             raise ConfigError("--resume needs the settings of the run that made the checkpoints", where=str(run_file),
                               found=_first_difference(saved, _identity(config)), expected="the same model, data and method",
@@ -283,7 +285,8 @@ def _claim_output(output: Path, config: RunConfig, *, resume: bool, overwrite: b
 
 def _identity(config: RunConfig) -> dict[str, Any]:
     """The settings that must match for a checkpoint to be resumable (step counts may change, and so may
-    train.fsdp: FSDP writes the same whole-tensor checkpoints as one process or DDP).
+    train.fsdp: FSDP writes the same whole-tensor checkpoints as one process or DDP, and train.cpu_matmul, which
+    changes only the order of a product's sums).
 
     Paths count by what they point at, so `data.jsonl` and `/home/me/data.jsonl` are the same setting.
     """
@@ -306,7 +309,7 @@ def _identity(config: RunConfig) -> dict[str, Any]:
             data["data"][split] = [_absolute(v, base) for v in paths]
     data["train"] = {k: v for k, v in data["train"].items()
                      if k not in ("max_steps", "epochs", "eval_every", "save_every", "keep_last", "log_every",
-                                  "tensorboard", "mlflow", "early_stopping_patience", "fsdp")}
+                                  "tensorboard", "mlflow", "early_stopping_patience", "fsdp", "cpu_matmul")}
     return data
 
 
