@@ -189,6 +189,40 @@ def test_a_predictor_object_supplies_its_own_messages(chat_llama_dir, loaded, se
     assert predictor.calls == 2 and result.predictions[0]["logprobs"]["neutral"] == pytest.approx(expected, abs=1e-4)
 
 
+def test_evaluation_multiplies_through_onednn_and_gives_the_models_layers_back(chat_llama_dir, loaded, sentiment,
+                                                                               monkeypatch):
+    from tailorlm.training import matmul
+
+    if matmul.onednn_unavailable() is not None:
+        pytest.skip(matmul.onednn_unavailable())
+    model, tokenizer = loaded
+    calls = []
+    apply = matmul._OneDnnLinear.apply
+    monkeypatch.setattr(matmul._OneDnnLinear, "apply", lambda *a: calls.append(1) or apply(*a))
+
+    class Plain:
+        def __init__(self):
+            self.model, self.tokenizer = model, tokenizer
+
+        def messages(self, task, example):
+            return task.messages(example)
+
+    mine = next(m for m in model.modules() if isinstance(m, torch.nn.Linear))
+    matmul.use_onednn_linear(mine)  # a layer its owner swapped before evaluating stays swapped after
+    try:
+        fast = evaluate(Plain(), sentiment, limit=3, scoring="choice", progress=False)
+        assert len(calls) > 0
+        assert [m for m in model.modules() if matmul.uses_onednn(m)] == [mine]
+    finally:
+        matmul.restore_linear(model)
+    calls.clear()
+    monkeypatch.setattr(matmul, "onednn_unavailable", lambda: "switched off for this test")
+    own = evaluate(Plain(), sentiment, limit=3, scoring="choice", progress=False)
+    assert not calls
+    for a, b in zip(fast.predictions, own.predictions):
+        assert a["prediction"] == b["prediction"] and a["logprobs"] == pytest.approx(b["logprobs"], abs=1e-4)
+
+
 def test_a_classification_head_specialist_answers_with_its_argmax(tiny_llama_dir, tmp_path, sentiment):
     from transformers import AutoTokenizer, LlamaForSequenceClassification
 

@@ -127,11 +127,14 @@ def evaluate(target: str | Path | Predictor, task: Task, *, split: str = "test",
         raise DataError(f"no examples to evaluate in the {split} split", where=task.source, key=f"data.{split}")
     gold = citation_docs(citation_doc, chosen) if citation_doc is not None else None  # checked before loading
     loaded = load_target(target, progress=progress)
+    from tailorlm.training.matmul import onednn_linear
+
     try:
         both = scoring == "auto"  # label tasks: constrained choice, and free generation beside it
         scoring = _primary(scoring, task, loaded)
         new_tokens = max_new_tokens or DEFAULT_MAX_NEW_TOKENS[task.answer]
-        with _bar(progress) as bar:
+        # fp32 on the CPU: the linear layers multiply through oneDNN while evaluating (training/matmul.py)
+        with _bar(progress) as bar, onednn_linear(loaded.model):
             result = _run(loaded, task, chosen, scoring=scoring, batch_size=batch_size, max_new_tokens=new_tokens,
                           bar=bar, both=both, citation_field=citation_field)
         if loaded.kind == "rag":

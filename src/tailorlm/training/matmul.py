@@ -12,13 +12,16 @@ result, bit for bit).
 
 `use_onednn_linear` swaps the forward of every fp32 `nn.Linear` of a model on the CPU for one that multiplies through
 oneDNN in the forward and in both backward products (∂x = ∂y W, ∂W = ∂yᵀ x); parameters, state dicts and peft
-wrappers stay as they are. `restore_linear` undoes it. `mm_t` is the same product for code that multiplies a weight
-itself (the chunked loss's output layer).
+wrappers stay as they are. `restore_linear` undoes it. `onednn_linear` does both around a block (evaluation runs its
+forward passes and greedy decoding inside one). `mm_t` is the same product for code that multiplies a weight itself
+(the chunked loss's output layer).
 """
 
 from __future__ import annotations
 
+import contextlib
 import types
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -86,9 +89,25 @@ def onednn_linear_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
 
 def use_onednn_linear(model: nn.Module) -> int:
     """Swap the forward of every fp32 nn.Linear on the CPU for the oneDNN one; returns how many were swapped."""
-    if onednn_unavailable() is not None:
-        return 0
-    swapped = 0
+    return len(_swap(model))
+
+
+@contextlib.contextmanager
+def onednn_linear(model: nn.Module | None) -> Iterator[int]:
+    """Multiply the model's fp32 CPU linear layers through oneDNN inside the block (for inference: evaluation); the
+    layers it swapped get their own forward back after it. Yields how many were swapped."""
+    swapped = _swap(model)
+    try:
+        yield len(swapped)
+    finally:
+        for module in swapped:
+            _unswap(module)
+
+
+def _swap(model: nn.Module | None) -> list[nn.Module]:
+    if not isinstance(model, nn.Module) or onednn_unavailable() is not None:  # a fake or absent model: nothing to do
+        return []
+    swapped = []
     for module in model.modules():
         if type(module) is not nn.Linear or "forward" in module.__dict__:
             continue
@@ -96,8 +115,13 @@ def use_onednn_linear(model: nn.Module) -> int:
             continue
         setattr(module, _SWAPPED, True)
         module.forward = types.MethodType(onednn_linear_forward, module)  # an instance attribute over the class's
-        swapped += 1
+        swapped.append(module)
     return swapped
+
+
+def _unswap(module: nn.Module) -> None:
+    module.__dict__.pop("forward", None)
+    module.__dict__.pop(_SWAPPED, None)
 
 
 def uses_onednn(module: nn.Module) -> bool:
@@ -109,5 +133,4 @@ def restore_linear(model: nn.Module) -> None:
     """Give every swapped linear layer nn.Linear's own forward back."""
     for module in model.modules():
         if uses_onednn(module):
-            module.__dict__.pop("forward", None)
-            del module.__dict__[_SWAPPED]
+            _unswap(module)
