@@ -142,3 +142,15 @@ def test_training_multiplies_through_onednn_by_default_and_not_when_told(tmp_pat
 
     model = load_specialist(tmp_path / "fast")[0]
     assert not any(uses_onednn(m) for m in model.modules())
+
+
+def test_an_empty_input_and_a_second_order_gradient() -> None:
+    layer = nn.Linear(64, 32)
+    use_onednn_linear(layer)
+    x = torch.randn(0, 64, requires_grad=True)
+    layer(x).sum().backward()  # no rows: PyTorch's own path, a zero gradient
+    assert torch.equal(layer.weight.grad, torch.zeros_like(layer.weight))
+    y = layer(torch.randn(3, 64, requires_grad=True)).square().sum()
+    (grad,) = torch.autograd.grad(y, layer.weight, create_graph=True)
+    with pytest.raises(RuntimeError):  # oneDNN's product has no derivative: refused, not silently zero
+        grad.sum().backward()

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 _SWAPPED = "_tailorlm_onednn_linear"
 _NARROW = 64
@@ -65,6 +66,7 @@ class _OneDnnLinear(torch.autograd.Function):
         return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
 
     @staticmethod
+    @once_differentiable  # oneDNN's kernel has no derivative of its own: a second-order gradient is refused
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, weight = ctx.saved_tensors
         grad_x = grad_weight = grad_bias = None
@@ -81,7 +83,7 @@ class _OneDnnLinear(torch.autograd.Function):
 
 def onednn_linear_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     """nn.Linear's forward through oneDNN for fp32 CPU tensors (anything else takes nn.Linear's own path)."""
-    if not _fits(x, self.weight, self.bias) or x.dim() == 0:
+    if not _fits(x, self.weight, self.bias) or x.dim() == 0 or x.numel() == 0:  # oneDNN refuses empty products
         return F.linear(x, self.weight, self.bias)
     flat = x.reshape(-1, x.shape[-1])
     return _OneDnnLinear.apply(flat, self.weight, self.bias).reshape(*x.shape[:-1], self.out_features)
