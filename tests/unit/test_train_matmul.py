@@ -154,3 +154,25 @@ def test_an_empty_input_and_a_second_order_gradient() -> None:
     (grad,) = torch.autograd.grad(y, layer.weight, create_graph=True)
     with pytest.raises(RuntimeError):  # oneDNN's product has no derivative: refused, not silently zero
         grad.sum().backward()
+
+
+def test_gpt2_conv1d_layers_are_swapped_with_the_same_gradients() -> None:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(vocab_size=120, n_positions=32, n_embd=32, n_layer=2, n_head=4, resid_pdrop=0.0,
+                        embd_pdrop=0.0, attn_pdrop=0.0)
+    torch.manual_seed(0)
+    own = GPT2LMHeadModel(config)
+    fast = GPT2LMHeadModel(config)
+    fast.load_state_dict(own.state_dict())
+    ids = torch.randint(0, 120, (2, 16), generator=torch.Generator().manual_seed(1))
+    # 2 blocks x 4 Conv1D (attention in and out, MLP in and out) and the output layer
+    assert use_onednn_linear(fast) == 9
+    _, logits_own, grads_own = _loss_and_grads(own, ids)
+    _, logits_fast, grads_fast = _loss_and_grads(fast, ids)
+    torch.testing.assert_close(logits_fast, logits_own, rtol=1e-5, atol=1e-5)
+    assert grads_own.keys() == grads_fast.keys()
+    for name, grad in grads_own.items():
+        torch.testing.assert_close(grads_fast[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+    restore_linear(fast)
+    assert not any("forward" in m.__dict__ for m in fast.modules())

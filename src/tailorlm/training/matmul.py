@@ -10,11 +10,11 @@ The arithmetic is the same: fp32 inputs, fp32 weights, fp32 accumulation; result
 of the sums (a few units in the last place), and a oneDNN run is as deterministic as an MKL run (same threads, same
 result, bit for bit).
 
-`use_onednn_linear` swaps the forward of every fp32 `nn.Linear` of a model on the CPU for one that multiplies through
-oneDNN in the forward and in both backward products (∂x = ∂y W, ∂W = ∂yᵀ x); parameters, state dicts and peft
-wrappers stay as they are. `restore_linear` undoes it. `onednn_linear` does both around a block (evaluation runs its
-forward passes and greedy decoding inside one). `mm_t` is the same product for code that multiplies a weight itself
-(the chunked loss's output layer).
+`use_onednn_linear` swaps the forward of every fp32 `nn.Linear` (and transformers' `Conv1D`, GPT-2's linear layer) of
+a model on the CPU for one that multiplies through oneDNN in the forward and in both backward products (∂x = ∂y W,
+∂W = ∂yᵀ x); parameters, state dicts and peft wrappers stay as they are. `restore_linear` undoes it. `onednn_linear`
+does both around a block (evaluation runs its forward passes and greedy decoding inside one). `mm_t` is the same
+product for code that multiplies a weight itself (the chunked loss's output layer).
 """
 
 from __future__ import annotations
@@ -89,6 +89,26 @@ def onednn_linear_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     return _OneDnnLinear.apply(flat, self.weight, self.bias).reshape(*x.shape[:-1], self.out_features)
 
 
+def onednn_conv1d_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """transformers' Conv1D (GPT-2's linear layer, weight stored as (in, out)) through oneDNN, as above."""
+    if not _fits(x, self.weight, self.bias) or x.dim() == 0 or x.numel() == 0:
+        return type(self).forward(self, x)
+    flat = x.reshape(-1, x.shape[-1])
+    return _OneDnnLinear.apply(flat, self.weight.t(), self.bias).reshape(*x.shape[:-1], self.weight.shape[1])
+
+
+def _swappable(module: nn.Module) -> Any:
+    """The oneDNN forward for this module, or None: nn.Linear itself, and transformers' Conv1D (GPT-2)."""
+    if "forward" in module.__dict__:  # someone's own forward already
+        return None
+    if type(module) is nn.Linear:
+        return onednn_linear_forward
+    if type(module).__name__ == "Conv1D" and type(module).__module__.startswith("transformers.") and isinstance(
+            getattr(module, "weight", None), torch.Tensor) and module.weight.dim() == 2:
+        return onednn_conv1d_forward
+    return None
+
+
 def use_onednn_linear(model: nn.Module) -> int:
     """Swap the forward of every fp32 nn.Linear on the CPU for the oneDNN one; returns how many were swapped."""
     return len(_swap(model))
@@ -111,12 +131,11 @@ def _swap(model: nn.Module | None) -> list[nn.Module]:
         return []
     swapped = []
     for module in model.modules():
-        if type(module) is not nn.Linear or "forward" in module.__dict__:
-            continue
-        if not _fits(module.weight, module.bias):
+        forward = _swappable(module)
+        if forward is None or not _fits(module.weight, getattr(module, "bias", None)):
             continue
         setattr(module, _SWAPPED, True)
-        module.forward = types.MethodType(onednn_linear_forward, module)  # an instance attribute over the class's
+        module.forward = types.MethodType(forward, module)  # an instance attribute over the class's
         swapped.append(module)
     return swapped
 
