@@ -114,31 +114,27 @@ def case_trl(packing: bool, steps: int) -> dict:
 
 
 def matmul_ceiling() -> dict:
+    """fp32 GFLOP/s of a few products, through PyTorch's default (`a @ b`, MKL) and through oneDNN (`_onednn` names),
+    as tailorlm's training multiplies by default (training/matmul.py)."""
     import torch
 
-    results = {}
-    for name, (m, k, n) in {"square_2048": (2048, 2048, 2048), "mlp_1024x576x1536": (1024, 576, 1536),
-                            "lm_head_1024x576x49152": (1024, 576, 49152)}.items():
-        a, b = torch.randn(m, k), torch.randn(k, n)
-        a @ b
-        start, reps = time.perf_counter(), 0
-        while time.perf_counter() - start < 2.0:
-            a @ b
-            reps += 1
-        results[name] = 2 * m * k * n * reps / (time.perf_counter() - start) / 1e9
-    # The same fp32 product through oneDNN, as tailorlm's training multiplies by default (training/matmul.py).
     from tailorlm.training.matmul import mm_t, onednn_unavailable
 
+    shapes = {"square_2048": (2048, 2048, 2048), "mlp_1024x576x1536": (1024, 576, 1536),
+              "lm_head_1024x576x49152": (1024, 576, 49152)}
+    products = {name: (shape, lambda a, w: a @ w.t()) for name, shape in shapes.items()}
     if onednn_unavailable() is None:
-        for name, (m, k, n) in {"mlp_1024x576x1536_onednn": (1024, 576, 1536),
-                                "lm_head_1024x576x49152_onednn": (1024, 576, 49152)}.items():
-            a, w = torch.randn(m, k), torch.randn(n, k)
-            mm_t(a, w)
-            start, reps = time.perf_counter(), 0
-            while time.perf_counter() - start < 2.0:
-                mm_t(a, w)
-                reps += 1
-            results[name] = 2 * m * k * n * reps / (time.perf_counter() - start) / 1e9
+        for name in ("mlp_1024x576x1536", "lm_head_1024x576x49152"):
+            products[f"{name}_onednn"] = (shapes[name], mm_t)
+    results = {}
+    for name, ((m, k, n), multiply) in products.items():
+        a, w = torch.randn(m, k), torch.randn(n, k)
+        multiply(a, w)
+        start, reps = time.perf_counter(), 0
+        while time.perf_counter() - start < 2.0:
+            multiply(a, w)
+            reps += 1
+        results[name] = 2 * m * k * n * reps / (time.perf_counter() - start) / 1e9
     return results
 
 

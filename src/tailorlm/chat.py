@@ -299,10 +299,9 @@ def open_chat(target: str | Path, *, system: str | None = None, max_new_tokens: 
     own setting, and to DEFAULT_MAX_NEW_TOKENS for the others. `weights="fp16"` stores the weights in fp16 on the
     CPU for faster answers (`serving.compact`); "fp32" keeps them exact.
     """
-    from tailorlm.serving.compact import WEIGHTS, store_weights
+    from tailorlm.serving.compact import check_weights, store_weights
 
-    if weights not in WEIGHTS:
-        raise ConfigError("unknown weight storage", key="weights", found=repr(weights), expected=" or ".join(WEIGHTS))
+    check_weights(weights)  # before the model loads
     session = _open(target, system=system, max_new_tokens=max_new_tokens, temperature=temperature, device=device)
     why_not = store_weights(session.model, weights)
     if why_not:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -90,22 +94,31 @@ def test_stop_strings_seeds_and_max_tokens_mean_what_they_mean_on_the_pytorch_en
     assert sampled[0] == sampled[1] and sampled[0] != sampled[2]
 
 
-def test_the_server_answers_for_the_gguf_beside_a_pytorch_model(gguf_file, tiny_chat_dir):
-    import time
-
+@contextlib.contextmanager
+def serving(specs: list[str], **options) -> Iterator[Any]:
+    """`tailor serve` on a free local port in a thread; yields an `openai` client for it."""
     import openai
 
     from tailorlm.serving import bind, build_server
 
     sock = bind("127.0.0.1", 0)
-    server = build_server([f"gguf={gguf_file}", f"torch={tiny_chat_dir}"], sock=sock, device="cpu",
-                          log_level="warning", weights="fp32")
+    server = build_server(specs, sock=sock, device="cpu", log_level="warning", **options)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     while not server.started:
         time.sleep(0.02)
     try:
-        api = openai.OpenAI(base_url=f"http://127.0.0.1:{sock.getsockname()[1]}/v1", api_key="x", max_retries=0)
+        yield openai.OpenAI(base_url=f"http://127.0.0.1:{sock.getsockname()[1]}/v1", api_key="x", max_retries=0)
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        sock.close()
+
+
+def test_the_server_answers_for_the_gguf_beside_a_pytorch_model(gguf_file, tiny_chat_dir):
+    import openai
+
+    with serving([f"gguf={gguf_file}", f"torch={tiny_chat_dir}"], weights="fp32") as api:
         assert sorted(m.id for m in api.models.list().data) == ["gguf", "torch"]
         replies = {name: api.chat.completions.create(model=name, messages=HELLO, max_tokens=12, temperature=0)
                    for name in ("gguf", "torch")}
@@ -117,36 +130,18 @@ def test_the_server_answers_for_the_gguf_beside_a_pytorch_model(gguf_file, tiny_
         with pytest.raises(openai.BadRequestError) as err:
             api.chat.completions.create(model="gguf", messages=HELLO, max_tokens=1000)
         assert err.value.response.json()["error"]["code"] == "context_length_exceeded"
-    finally:
-        server.should_exit = True
-        thread.join(30)
-        sock.close()
 
 
 def test_a_gguf_without_a_chat_template_answers_completions_and_refuses_chat_with_400(tiny_llama_dir, tmp_path):
     pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (the optional llama.cpp engine)")
-    import time
-
     import openai
 
     from tailorlm.export import export
-    from tailorlm.serving import bind, build_server
 
     plain = export(tiny_llama_dir, format="gguf", quant="f32", output=tmp_path / "plain").gguf_file
-    sock = bind("127.0.0.1", 0)
-    server = build_server([f"plain={plain}"], sock=sock, device="cpu", log_level="warning")
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.02)
-    try:
-        api = openai.OpenAI(base_url=f"http://127.0.0.1:{sock.getsockname()[1]}/v1", api_key="x", max_retries=0)
+    with serving([f"plain={plain}"]) as api:
         with pytest.raises(openai.BadRequestError) as err:
             api.chat.completions.create(model="plain", messages=HELLO, max_tokens=4)
         assert "tokenizer.chat_template" in err.value.response.json()["error"]["message"]
         reply = api.completions.create(model="plain", prompt="the quick brown fox", max_tokens=4, temperature=0)
         assert reply.usage.completion_tokens <= 4 and reply.choices[0].finish_reason in ("length", "stop")
-    finally:
-        server.should_exit = True
-        thread.join(30)
-        sock.close()

@@ -1,4 +1,5 @@
-"""Measure one specialist (or model) on one split of a task: metric with a bootstrap CI, latency, predictions.
+"""Measure one specialist (or model) on one split of a task: metric with a bootstrap CI, latency, predictions
+(what a target can be, and how it is loaded, is `evaluation/targets.py`).
 
 How an answer is obtained depends on the target and the answer form:
 
@@ -26,27 +27,19 @@ import time
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Sequence
 
 from tailorlm.errors import ConfigError, DataError, ModelError
 from tailorlm.evaluation.likelihood import (_check_length, _logsumexp, _pad_id, continuation_logprobs, greedy,
                                             option_logprobs)
 from tailorlm.evaluation.citations import citation_docs, citation_figures, indexed_docs, rag_answer, record_citations
+from tailorlm.evaluation.targets import Loaded, Predictor, load_target
 from tailorlm.files import write_atomic
 from tailorlm.tasks.task import Task, TaskExample
 
 SCORINGS: tuple[str, ...] = ("auto", "choice", "generate", "head", "perplexity")
 DEFAULT_MAX_NEW_TOKENS: dict[str, int] = {"label": 16, "number": 256, "code": 384, "text": 64, "span": 64}
 METRICS_FILE, PREDICTIONS_FILE = "metrics.json", "predictions.jsonl"
-
-
-class Predictor(Protocol):
-    """Anything that renders a task's example as chat messages and holds the model that answers them."""
-
-    model: Any
-    tokenizer: Any
-
-    def messages(self, task: Task, example: TaskExample) -> list[dict[str, str]]: ...
 
 
 @dataclass
@@ -74,21 +67,6 @@ class EvalResult:
                 "examples": self.examples, "scoring": self.scoring, "seconds_per_example": self.seconds_per_example,
                 "tokens_per_second": self.tokens_per_second, "split": self.split, "target": self.target,
                 "task": self.task, "extra": self.extra}
-
-
-@dataclass
-class Loaded:
-    """A target ready to answer: its model, how it renders an example, and which way it answers."""
-
-    name: str
-    model: Any
-    tokenizer: Any
-    messages: Callable[[Task, TaskExample], list[dict[str, str]]]
-    kind: str = "lm"
-    """'lm' (a causal model), 'seq2seq' (an encoder-decoder), 'rag' (answers through retrieval) or 'head' (a
-    classification head)."""
-    labels: list[str] | None = None
-    rag: Any = None
 
 
 def evaluate(target: str | Path | Predictor, task: Task, *, split: str = "test", limit: int | None = None,
@@ -161,85 +139,6 @@ def _other_metrics(task: Task, names: list[str], rows: list[dict[str, Any]],
         score, ci, _ = _scores(dataclasses.replace(task, metric=name), predictions, examples)
         scored[name] = {"score": score, "ci_low": ci[0], "ci_high": ci[1]}
     return scored
-
-
-def load_target(target: str | Path | Predictor, *, progress: bool = True) -> Loaded:
-    """Load what `target` names: a Predictor as it is, a specialist folder by its manifest, or a model reference."""
-    from transformers.utils import logging
-
-    from tailorlm.strategies.base import MANIFEST
-
-    shown = logging.is_progress_bar_enabled()
-    if not progress:
-        logging.disable_progress_bar()  # transformers' own weight-loading bar
-    try:
-        if not isinstance(target, (str, Path)):
-            return _from_predictor(target)
-        folder = Path(target)
-        if (folder / MANIFEST).is_file():
-            return _from_folder(folder)
-        from tailorlm.models.info import is_encoder_decoder
-        from tailorlm.models.load import load_model
-
-        head = "seq2seq" if is_encoder_decoder(str(target), progress=progress) else "causal-lm"
-        model, tokenizer = load_model(str(target), head=head, progress=progress)
-        return Loaded(str(target), model, tokenizer, lambda task, example: task.messages(example), _kind(model))
-    finally:
-        if shown:
-            logging.enable_progress_bar()
-
-
-def _from_predictor(predictor: Any) -> Loaded:
-    """A Predictor object; one without a loaded model (a PromptSpecialist) gets its base model loaded."""
-    if not callable(getattr(predictor, "messages", None)):
-        raise ConfigError("cannot evaluate this target", found=type(predictor).__name__,
-                          expected="a model reference, a specialist folder, or an object with messages(task, example)")
-    model, tokenizer = getattr(predictor, "model", None), getattr(predictor, "tokenizer", None)
-    if model is None or tokenizer is None:
-        base = getattr(predictor, "base_model_path", None) or getattr(predictor, "base_model", None)
-        if not base:
-            raise ConfigError("the predictor has no model", found=type(predictor).__name__,
-                              expected="an object with .model and .tokenizer, or with a base_model to load")
-        from tailorlm.models.info import is_encoder_decoder
-        from tailorlm.models.load import load_model
-
-        model, tokenizer = load_model(str(base), head="seq2seq" if is_encoder_decoder(str(base)) else "causal-lm",
-                                      progress=False)
-    name = str(getattr(predictor, "name", None) or getattr(predictor, "strategy", None) or type(predictor).__name__)
-    return Loaded(name, model, tokenizer, predictor.messages, _kind(model))
-
-
-def _from_folder(folder: Path) -> Loaded:
-    """A specialist folder, dispatched on its manifest: prompting, RAG, classification head, or trained weights."""
-    from tailorlm.strategies.base import load_specialist, read_manifest
-    from tailorlm.strategies.rag import RagSpecialist, is_rag_specialist
-
-    manifest = read_manifest(folder)
-    if is_rag_specialist(folder):
-        rag = RagSpecialist.load(folder)
-        return Loaded(str(folder), rag.model, rag.tokenizer, lambda task, example: task.messages(example), "rag", rag=rag)
-    if manifest.objective == "classify":
-        if not manifest.labels:
-            raise ModelError("the classifier's manifest names no labels", where=str(folder), key="labels",
-                             expected="the labels the head was trained on")
-        model, tokenizer, _ = load_specialist(folder)
-        return Loaded(str(folder), model, tokenizer, lambda task, example: task.messages(example), "head",
-                      labels=[str(label) for label in manifest.labels])
-    from tailorlm.strategies.prompting import PROMPT_STRATEGIES
-
-    if manifest.strategy in PROMPT_STRATEGIES and manifest.weights == "none":
-        from tailorlm.strategies.prompting import PromptSpecialist
-
-        prompt = PromptSpecialist.load(folder)
-        model, tokenizer, _ = load_specialist(folder)
-        return Loaded(str(folder), model, tokenizer, prompt.messages, _kind(model))
-    model, tokenizer, _ = load_specialist(folder)
-    return Loaded(str(folder), model, tokenizer, lambda task, example: task.messages(example), _kind(model))
-
-
-def _kind(model: Any) -> str:
-    """How a loaded language model answers: 'seq2seq' for an encoder-decoder, else 'lm'."""
-    return "seq2seq" if getattr(getattr(model, "config", None), "is_encoder_decoder", False) else "lm"
 
 
 def _primary(scoring: str, task: Task, loaded: Loaded) -> str:

@@ -90,14 +90,19 @@ def _keeps_fp32(module: Any) -> bool:
     return isinstance(use_dora, dict) and any(use_dora.values())
 
 
-def store_weights(model: nn.Module, weights: str) -> str | None:
-    """Apply the `weights` setting ('fp16' or 'fp32') to a model that is about to generate; returns why fp16 was asked
-    for and not applied on a CPU without fbgemm, else None. It is a CPU setting: a model on an accelerator keeps its
-    dtype, without a note."""
+def check_weights(weights: str) -> None:
+    """Refuse a `weights` setting that is not 'fp16' or 'fp32' (before any model is loaded)."""
     if weights not in WEIGHTS:
         from tailorlm.errors import ConfigError
 
         raise ConfigError("unknown weight storage", key="weights", found=repr(weights), expected=" or ".join(WEIGHTS))
+
+
+def store_weights(model: nn.Module, weights: str) -> str | None:
+    """Apply the `weights` setting ('fp16' or 'fp32') to a model that is about to generate; returns why fp16 was asked
+    for and not applied on a CPU without fbgemm, else None. It is a CPU setting: a model on an accelerator keeps its
+    dtype, without a note."""
+    check_weights(weights)
     if weights == "fp32":
         return None
     if next(model.parameters()).device.type != "cpu":

@@ -136,10 +136,9 @@ def load_served(specs: Sequence[str], *, device: str | None = None, dtype: Any =
     2-3 times faster decoding, not bit-exact; "fp32" (the default here) serves the weights as they are.
     """
     from tailorlm.models.load import default_device
-    from tailorlm.serving.compact import WEIGHTS
+    from tailorlm.serving.compact import check_weights
 
-    if weights not in WEIGHTS:
-        raise ConfigError("unknown weight storage", key="weights", found=repr(weights), expected=" or ".join(WEIGHTS))
+    check_weights(weights)
     note = on_note or (lambda text: None)
     device = device or default_device()
     named: dict[str, str] = {}

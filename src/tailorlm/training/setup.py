@@ -17,7 +17,7 @@ from tailorlm.strategies.adapters import apply_method, count_parameters
 from tailorlm.strategies.base import Manifest, file_sha256, library_versions, save_specialist
 from tailorlm.training.attention import restore_attention, use_packed_attention
 from tailorlm.training.fused import restore_layers, use_lean_layers
-from tailorlm.training.matmul import onednn_linear, restore_linear, use_onednn_linear
+from tailorlm.training.matmul import restore_linear, use_onednn_linear
 from tailorlm.training.batches import BatchPlan, StreamPlan
 from tailorlm.training.checkpoint import list_checkpoints
 from tailorlm.training.config import PROMPT_METHODS, REPORT_ONLY_KEYS, RunConfig, TrainSettings
@@ -72,7 +72,6 @@ class Prepared:
             return
         restore_attention(unwrap_model(self.model))  # the saved model uses plain SDPA, like any other
         restore_layers(self.model)
-        restore_linear(self.model)
         if state.best_step is not None and state.best_step != state.step:
             load_trainable(self.model, checkpoint_dir(self.output, state.best_step) / "trainable.safetensors")
         weights = gather_model(self.model) if fsdp_root is not None else None
@@ -84,12 +83,12 @@ class Prepared:
         if self.forgetting is not None and state.perplexity_before is not None:
             from tailorlm.training.perplexity import format_forgetting
 
-            with onednn_linear(self.model) if self.config.train.cpu_matmul == "onednn" else contextlib.nullcontext():
-                # the kernels the "before" was measured with (training's), on the weights being saved
-                after = self.forgetting.measure(self.model, chunk_size=self.config.train.loss_chunk_size)
+            # on the weights being saved, with training's kernels (oneDNN or not), as the "before" was measured
+            after = self.forgetting.measure(self.model, chunk_size=self.config.train.loss_chunk_size)
             metrics["forgetting"] = result.forgetting = self.forgetting.report(state.perplexity_before, after)
             if world.main and console is not None:
                 console.print(format_forgetting(metrics["forgetting"]))
+        restore_linear(self.model)  # the model after training multiplies as a reloaded one does
         manifest = Manifest(
             base_model=self.config.model_name, base_model_path=self.model_path, strategy=self.config.method,
             objective=self.objective, weights="adapter" if _is_peft(self.model) else "full",
