@@ -33,6 +33,20 @@ def test_mm_t_is_a_times_b_transposed_for_any_strides_and_with_a_bias() -> None:
     torch.testing.assert_close(mm_t(g.t(), a.t()), (g.double().t() @ a.double()).float(), rtol=1e-5, atol=1e-5)
 
 
+def test_operands_with_other_strides_are_made_dense_first() -> None:
+    wide = _randn(40, 48)
+    a, b = wide[:, :20], wide[3:14, 20:40]  # rows 48 apart: neither contiguous nor a transposed contiguous matrix
+    assert not a.is_contiguous() and not a.t().is_contiguous()
+    dense = matmul._dense(a)
+    assert dense.is_contiguous() and torch.equal(dense, a)
+    contiguous = _randn(5, 4)
+    assert matmul._dense(contiguous) is contiguous
+    assert matmul._dense(contiguous.t()).data_ptr() == contiguous.data_ptr()  # a transposed view is read as it is
+    exact = (a.double() @ b.double().t()).float()
+    torch.testing.assert_close(mm_t(a, b), exact, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(mm_t(b, a), exact.t(), rtol=1e-5, atol=1e-5)
+
+
 def test_mm_t_leaves_other_dtypes_to_pytorch() -> None:
     a, b = _randn(5, 4).double(), _randn(3, 4, seed=1).double()
     assert torch.equal(mm_t(a, b), F.linear(a, b))  # float64: PyTorch's own kernel, bit for bit
@@ -60,7 +74,7 @@ def test_a_swapped_model_gives_the_same_logits_and_gradients(tiny_llama_dir, lor
     linears = sum(type(m) is nn.Linear for m in fast.modules())
     # 2 layers x 7 projections and the output layer; with LoRA also an A and a B per projection
     assert linears == (15 + 28 if lora else 15)
-    assert use_onednn_linear(fast) == linears
+    assert use_onednn_linear(fast) == linears + (14 if lora else 0)  # and each LoRA layer as a whole
     assert use_onednn_linear(fast) == 0  # already swapped
     loss_own, logits_own, grads_own = _loss_and_grads(own, ids)
     loss_fast, logits_fast, grads_fast = _loss_and_grads(fast, ids)
@@ -176,3 +190,107 @@ def test_gpt2_conv1d_layers_are_swapped_with_the_same_gradients() -> None:
         torch.testing.assert_close(grads_fast[name], grad, rtol=1e-4, atol=1e-6, msg=name)
     restore_linear(fast)
     assert not any("forward" in m.__dict__ for m in fast.modules())
+
+
+def _lora_net(features_in: int = 24, features_out: int = 40, *, bias: bool = False, **lora: object) -> nn.Module:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(features_in, features_out, bias=bias), nn.Tanh(), nn.Linear(features_out, 8))
+    config = LoraConfig(r=4, lora_alpha=12, target_modules=["0", "2"], init_lora_weights=False, **lora)
+    return get_peft_model(net, config)
+
+
+def _grads(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+    model.zero_grad(set_to_none=True)
+    x = x.clone().requires_grad_()
+    y = model(x)
+    y.square().sum().backward()
+    return y.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}, x.grad
+
+
+def _count_fused(monkeypatch) -> list[int]:
+    calls: list[int] = []
+    apply = matmul._OneDnnLora.apply
+    monkeypatch.setattr(matmul._OneDnnLora, "apply", lambda *a: calls.append(1) or apply(*a))
+    return calls
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_a_lora_layer_is_one_fused_product_with_peft_s_outputs_and_gradients(monkeypatch, bias) -> None:
+    calls = _count_fused(monkeypatch)
+    own, fast = _lora_net(bias=bias), _lora_net(bias=bias)
+    for layer in (own, fast):  # the base layers train too, so that every gradient of the fused product is checked
+        for name, p in layer.named_parameters():
+            p.requires_grad_(True)
+    x = _randn(3, 5, 24)
+    y_own, grads_own, x_own = _grads(own, x)
+    assert use_onednn_linear(fast) == 2 + 6  # two LoRA layers, and their base, A and B linears
+    y_fast, grads_fast, x_fast = _grads(fast, x)
+    assert len(calls) == 2  # each LoRA layer went through _OneDnnLora, once
+    torch.testing.assert_close(y_fast, y_own, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(x_fast, x_own, rtol=1e-4, atol=1e-5)
+    assert grads_own.keys() == grads_fast.keys() and len(grads_own) == (8 if bias else 7)  # the last layer has a bias either way
+    for name, grad in grads_own.items():
+        torch.testing.assert_close(grads_fast[name], grad, rtol=1e-4, atol=1e-5, msg=name)
+    restore_linear(fast)
+    assert not any("forward" in m.__dict__ for m in fast.modules())
+
+
+def test_a_frozen_base_gets_no_gradient_and_the_adapter_trains(monkeypatch) -> None:
+    calls = _count_fused(monkeypatch)
+    own, fast = _lora_net(), _lora_net()
+    use_onednn_linear(fast)
+    x = _randn(7, 24)  # 2-D input
+    y_own, grads_own, x_own = _grads(own, x)
+    y_fast, grads_fast, x_fast = _grads(fast, x)
+    assert len(calls) == 2
+    assert sorted(grads_fast) == sorted(grads_own) and all("lora_" in n for n in grads_fast)
+    for name, grad in grads_own.items():
+        torch.testing.assert_close(grads_fast[name], grad, rtol=1e-4, atol=1e-5, msg=name)
+    torch.testing.assert_close(x_fast, x_own, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("case", ["dropout", "dora", "lora_bias", "disabled", "merged"])
+def test_lora_layers_peft_computes_otherwise_keep_peft_s_forward(monkeypatch, case) -> None:
+    calls = _count_fused(monkeypatch)
+    extra = {"dropout": {"lora_dropout": 0.1}, "dora": {"use_dora": True}, "lora_bias": {"lora_bias": True}}
+    own, fast = _lora_net(**extra.get(case, {})), _lora_net(**extra.get(case, {}))
+    for model in (own, fast):
+        model.eval()  # dropout off, so that both give the same numbers
+        if case == "merged":
+            model.merge_adapter()
+    use_onednn_linear(fast)
+    x = _randn(6, 24)
+    with torch.no_grad():
+        if case == "disabled":
+            with own.disable_adapter(), fast.disable_adapter():
+                y_own, y_fast = own(x), fast(x)
+        else:
+            y_own, y_fast = own(x), fast(x)
+    assert calls == []
+    torch.testing.assert_close(y_fast, y_own, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        assert not torch.allclose(own.base_model.model[0].base_layer(x), own.base_model.model[0](x)) or case in (
+            "disabled", "merged")  # the adapter does change the output: the comparison means something
+
+
+def test_a_gpt2_lora_layer_over_conv1d_is_fused_with_the_same_gradients(monkeypatch) -> None:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    calls = _count_fused(monkeypatch)
+    config = GPT2Config(vocab_size=120, n_positions=32, n_embd=32, n_layer=2, n_head=4, resid_pdrop=0.0,
+                        embd_pdrop=0.0, attn_pdrop=0.0)
+    models = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        models.append(get_peft_model(GPT2LMHeadModel(config), LoraConfig(
+            r=4, lora_alpha=8, target_modules=["c_attn", "c_fc"], fan_in_fan_out=True, init_lora_weights=False)))
+    own, fast = models
+    use_onednn_linear(fast)
+    ids = torch.randint(0, 120, (2, 16), generator=torch.Generator().manual_seed(1))
+    _, logits_own, grads_own = _loss_and_grads(own, ids)
+    _, logits_fast, grads_fast = _loss_and_grads(fast, ids)
+    assert len(calls) == 4  # c_attn and c_fc of two blocks
+    torch.testing.assert_close(logits_fast, logits_own, rtol=1e-5, atol=1e-5)
+    assert grads_own.keys() == grads_fast.keys() and len(grads_own) == 8
+    for name, grad in grads_own.items():
+        torch.testing.assert_close(grads_fast[name], grad, rtol=1e-4, atol=1e-6, msg=name)
