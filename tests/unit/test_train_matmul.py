@@ -146,10 +146,15 @@ def test_training_multiplies_through_onednn_by_default_and_not_when_told(tmp_pat
     calls: list[int] = []
     apply = matmul._OneDnnLinear.apply
     monkeypatch.setattr(matmul._OneDnnLinear, "apply", lambda *a: calls.append(1) or apply(*a))
+    fused: list[int] = []
+    apply_lora = matmul._OneDnnLora.apply
+    monkeypatch.setattr(matmul._OneDnnLora, "apply", lambda *a: fused.append(1) or apply_lora(*a))
     fast = _run(tmp_path, tiny_llama_dir, "fast", "onednn", calls)
-    fast_calls = len(calls)
+    fast_calls, fused_calls = len(calls), len(fused)
+    fused.clear()
     own = _run(tmp_path, tiny_llama_dir, "own", "default", calls)
     assert fast_calls > 0 and len(calls) == 0
+    assert fused_calls > 0 and fused == []  # the LoRA layers trained as fused products, and only with oneDNN
     assert len(fast) == 4 and fast == pytest.approx(own, rel=1e-4)
     # the saved specialist is a plain peft model either way
     from tailorlm.strategies.base import load_specialist
@@ -294,3 +299,44 @@ def test_a_gpt2_lora_layer_over_conv1d_is_fused_with_the_same_gradients(monkeypa
     assert grads_own.keys() == grads_fast.keys() and len(grads_own) == 8
     for name, grad in grads_own.items():
         torch.testing.assert_close(grads_fast[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_a_lora_layer_whose_parts_have_hooks_or_sit_on_another_adapter_keeps_peft_s_forward(monkeypatch) -> None:
+    import warnings
+
+    from peft import LoHaConfig
+
+    calls = _count_fused(monkeypatch)
+    x = _randn(6, 24)
+    own, fast = _lora_net(), _lora_net()
+    seen: list[str] = []
+    for model in (own, fast):  # a hook that changes the base output: peft's forward applies it, so must tailorlm
+        model.base_model.model[0].base_layer.register_forward_hook(lambda m, i, o: o * 0.5)
+        model.base_model.model[0].lora_A["default"].register_forward_pre_hook(lambda m, i: seen.append("A"))
+    use_onednn_linear(fast)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), own(x), rtol=1e-5, atol=1e-5)
+    assert seen == ["A", "A"] and len(calls) == 1  # the hooked layer went through peft, the other was fused
+
+    def stacked() -> nn.Module:  # a LoRA layer over a LoHa layer (peft's mixed models): both adapters count
+        torch.manual_seed(0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = get_peft_model(nn.Sequential(nn.Linear(16, 16)), LoHaConfig(
+                r=4, target_modules=["0"], init_weights=False), adapter_name="loha", mixed=True)
+            model.add_adapter("lora", LoraConfig(r=4, target_modules=["0"], init_lora_weights=False))
+            model.set_adapter(["loha", "lora"])
+        return model
+
+    calls.clear()
+    own, fast = stacked(), stacked()
+    use_onednn_linear(fast)
+    x = _randn(3, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), own(x), rtol=1e-5, atol=1e-5)
+    assert calls == []
+
+
+def test_lora_layers_in_another_dtype_are_not_swapped() -> None:
+    model = _lora_net().to(torch.bfloat16)
+    assert use_onednn_linear(model) == 0 and not any(uses_onednn(m) for m in model.modules())
