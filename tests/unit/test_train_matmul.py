@@ -224,8 +224,7 @@ def test_a_lora_layer_is_one_fused_product_with_peft_s_outputs_and_gradients(mon
     calls = _count_fused(monkeypatch)
     own, fast = _lora_net(bias=bias), _lora_net(bias=bias)
     for layer in (own, fast):  # the base layers train too, so that every gradient of the fused product is checked
-        for name, p in layer.named_parameters():
-            p.requires_grad_(True)
+        layer.requires_grad_(True)
     x = _randn(3, 5, 24)
     y_own, grads_own, x_own = _grads(own, x)
     assert use_onednn_linear(fast) == 2 + 6  # two LoRA layers, and their base, A and B linears

@@ -12,7 +12,9 @@ result, bit for bit).
 
 `use_onednn_linear` swaps the forward of every fp32 `nn.Linear` (and transformers' `Conv1D`, GPT-2's linear layer) of
 a model on the CPU for one that multiplies through oneDNN in the forward and in both backward products (∂x = ∂y W,
-∂W = ∂yᵀ x); parameters, state dicts and peft wrappers stay as they are. `restore_linear` undoes it.
+∂W = ∂yᵀ x); parameters, state dicts and peft wrappers stay as they are. `restore_linear` undoes it. `onednn_linear`
+does both around a block (evaluation runs its forward passes and greedy decoding inside one). `mm_t` is the same
+product for code that multiplies a weight itself (the chunked loss's output layer).
 
 A peft LoRA layer is swapped as a whole: peft computes y = base(x) + B(A(x)) · s as three products and, over the
 (tokens, out) output, a scaling, a sum and, in the backward, the scaling's gradient and a second ∂x to add.
