@@ -104,9 +104,9 @@ def evaluate(target: str | Path | Predictor, task: Task, *, split: str = "test",
     if not chosen:
         raise DataError(f"no examples to evaluate in the {split} split", where=task.source, key=f"data.{split}")
     gold = citation_docs(citation_doc, chosen) if citation_doc is not None else None  # checked before loading
-    loaded = load_target(target, progress=progress)
     from tailorlm.training.matmul import onednn_linear
 
+    loaded = load_target(target, progress=progress)
     try:
         both = scoring == "auto"  # label tasks: constrained choice, and free generation beside it
         scoring = _primary(scoring, task, loaded)

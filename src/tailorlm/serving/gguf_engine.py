@@ -5,8 +5,8 @@ The server renders the chat with the chat template stored in the GGUF's metadata
 handler does), counts and checks the prompt's tokens with the GGUF's tokenizer, and streams the answer from
 `Llama.generate` over those tokens, decoding each token's bytes as they come. Sampling follows OpenAI's parameters
 only: temperature (0 is greedy), top_p and seed, with llama.cpp's extra samplers off (top_k 0, min_p 0, no repeat
-penalty), so that a request means the same on both engines. One request runs at a time (a `Llama` holds one sequence); the engine's queue, time limits
-and stop strings apply as for any one-at-a-time specialist.
+penalty), so that a request means the same on both engines. One request runs at a time (a `Llama` holds one
+sequence); the engine's queue, time limits and stop strings apply as for any one-at-a-time specialist.
 """
 
 from __future__ import annotations

@@ -36,8 +36,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
+from torch.nn.modules import module as torch_module
 
 _SWAPPED = "_tailorlm_onednn_linear"
+_HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
 _NARROW = 64
 """∂W of a weight with fewer input features than this goes through MKL: oneDNN copies the transposed ∂y first, which
 costs more than it saves when the product has a few columns (measured: 2-4 times slower for r = 16)."""
@@ -140,20 +142,25 @@ class _OneDnnLora(torch.autograd.Function):
         return grad_x, grad_weight, grad_bias, grad_a, grad_b, None
 
 
-def onednn_linear_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    """nn.Linear's forward through oneDNN for fp32 CPU tensors (anything else takes nn.Linear's own path)."""
-    if not _fits(x, self.weight, self.bias) or x.dim() == 0 or x.numel() == 0:  # oneDNN refuses empty products
-        return F.linear(x, self.weight, self.bias)
-    flat = x.reshape(-1, x.shape[-1])
-    return _OneDnnLinear.apply(flat, self.weight, self.bias).reshape(*x.shape[:-1], self.out_features)
-
-
-def onednn_conv1d_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """transformers' Conv1D (GPT-2's linear layer, weight stored as (in, out)) through oneDNN, as above."""
-    if not _fits(x, self.weight, self.bias) or x.dim() == 0 or x.numel() == 0:
+def onednn_linear_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """An nn.Linear's or transformers Conv1D's forward through oneDNN for fp32 CPU tensors (anything else, and an
+    empty input, which oneDNN refuses, takes the layer's own path)."""
+    weight = _out_in(self)
+    if not _fits(x, weight, self.bias) or x.dim() == 0 or x.numel() == 0:
         return type(self).forward(self, x)
     flat = x.reshape(-1, x.shape[-1])
-    return _OneDnnLinear.apply(flat, self.weight.t(), self.bias).reshape(*x.shape[:-1], self.weight.shape[1])
+    return _OneDnnLinear.apply(flat, weight, self.bias).reshape(*x.shape[:-1], weight.shape[0])
+
+
+def _out_in(layer: nn.Module) -> torch.Tensor | None:
+    """The weight of an nn.Linear or transformers' Conv1D (GPT-2's linear layer, which stores (in, out)) as (out, in);
+    None for any other module."""
+    if type(layer) is nn.Linear:
+        return layer.weight
+    if type(layer).__name__ == "Conv1D" and type(layer).__module__.startswith("transformers.") and isinstance(
+            getattr(layer, "weight", None), torch.Tensor) and layer.weight.dim() == 2:
+        return layer.weight.t()
+    return None
 
 
 def onednn_lora_forward(self: nn.Module, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
@@ -183,11 +190,8 @@ def _plain_lora(layer: nn.Module, x: torch.Tensor) -> tuple[Any, ...] | None:
     base = layer.base_layer  # the layer right under it: another adapter's layer (peft's mixed models) is not fused
     if not all(_plain_call(m) for m in (base, lora_a, lora_b)):
         return None
-    if type(base) is nn.Linear:
-        weight = base.weight
-    elif _is_conv1d(base):
-        weight = base.weight.t()  # Conv1D stores (in, out)
-    else:
+    weight = _out_in(base)
+    if weight is None:
         return None
     bias = base.bias
     if not _fits(x, weight, bias, lora_a.weight, lora_b.weight) or not isinstance(layer.scaling[name], float | int):
@@ -198,19 +202,10 @@ def _plain_lora(layer: nn.Module, x: torch.Tensor) -> tuple[Any, ...] | None:
 def _plain_call(module: nn.Module) -> bool:
     """Whether calling the module runs only its own (or oneDNN's) forward: no hooks, no one else's forward. The fused
     LoRA layer reads these modules' weights without calling them, which is only the same where this holds."""
-    from torch.nn.modules import module as torch_module
-
-    hooks = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
-    if any(getattr(module, name, None) for name in hooks) or any(
-            getattr(torch_module, f"_global{name}", None) for name in hooks):
+    if any(getattr(module, name, None) for name in _HOOKS) or any(
+            getattr(torch_module, f"_global{name}", None) for name in _HOOKS):
         return False
     return "forward" not in module.__dict__ or uses_onednn(module)
-
-
-def _is_conv1d(module: nn.Module) -> bool:
-    """transformers' Conv1D (GPT-2's linear layer, weight (in, out))."""
-    return type(module).__name__ == "Conv1D" and type(module).__module__.startswith("transformers.") and isinstance(
-        getattr(module, "weight", None), torch.Tensor) and module.weight.dim() == 2
 
 
 def _is_lora_linear(module: nn.Module) -> bool:
@@ -229,11 +224,7 @@ def _swappable(module: nn.Module) -> Any:
         return None
     if _is_lora_linear(module):
         return onednn_lora_forward
-    if type(module) is nn.Linear:
-        return onednn_linear_forward
-    if _is_conv1d(module):
-        return onednn_conv1d_forward
-    return None
+    return None if _out_in(module) is None else onednn_linear_forward
 
 
 def use_onednn_linear(model: nn.Module) -> int:

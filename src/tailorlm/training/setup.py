@@ -257,8 +257,8 @@ def _check_output(output: Path, config: RunConfig, *, resume: bool, overwrite: b
             raise ConfigError("nothing to resume: the output folder holds no checkpoint", where=str(output),
                               hint="Run without --resume to start")
         saved = json.loads(run_file.read_text(encoding="utf-8")) if run_file.is_file() else None
-        if saved is not None and isinstance(saved.get("train"), dict):  # written by a version that kept these
-            saved["train"] = {k: v for k, v in saved["train"].items() if k not in ("cpu_matmul", "frozen_weights")}
+        if saved is not None and isinstance(saved.get("train"), dict):  # an older run.json may record more of them
+            saved["train"] = _resumable_train(saved["train"])
         if saved is not None and json.dumps(saved, sort_keys=True) != wanted:
             raise ConfigError("--resume needs the settings of the run that made the checkpoints", where=str(run_file),
                               found=_first_difference(saved, _identity(config)), expected="the same model, data and method",
@@ -308,10 +308,19 @@ def _identity(config: RunConfig) -> dict[str, Any]:
         if value is not None:
             paths = value if isinstance(value, list) else [value]
             data["data"][split] = [_absolute(v, base) for v in paths]
-    data["train"] = {k: v for k, v in data["train"].items()
-                     if k not in ("max_steps", "epochs", "eval_every", "save_every", "keep_last", "log_every",
-                                  "tensorboard", "mlflow", "early_stopping_patience", "fsdp", "cpu_matmul")}
+    data["train"] = _resumable_train(data["train"])
     return data
+
+
+_FREE_TRAIN_KEYS = ("max_steps", "epochs", "eval_every", "save_every", "keep_last", "log_every", "tensorboard",
+                    "mlflow", "early_stopping_patience", "fsdp", "cpu_matmul",
+                    "frozen_weights")  # removed from the settings; a run.json from before may still record it
+"""train.* settings a resumed run may change."""
+
+
+def _resumable_train(train: dict[str, Any]) -> dict[str, Any]:
+    """The train.* settings that must match for a resume."""
+    return {k: v for k, v in train.items() if k not in _FREE_TRAIN_KEYS}
 
 
 def _absolute(reference: Any, base: Path) -> Any:
