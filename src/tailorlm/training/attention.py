@@ -4,17 +4,30 @@ With packing, transformers turns restarting position ids into a block-diagonal m
 (query, key) pair of the row and masks most of them away: a 512-token row of two 256-token examples costs four
 times the attention arithmetic it needs, and no causal block can be skipped. `packed_sdpa` instead runs causal
 SDPA on each example's span alone, which gives the same result (tested) with a fraction of the work.
-It is registered with transformers' attention interface under `ATTENTION`; `use_packed_attention` switches a model
-to it for training, and `restore_attention` switches back before the model is saved or used for generation.
-"""
 
+On the CPU in fp32, `packed_kernel` goes further with tailorlm's compiled kernel (training/cpu_kernels.py;
+`train.cpu_kernels`, on by default): one call per layer for all examples of the batch, each example's causal blocks multiplied by oneDNN's small-matrix kernels, the
+softmax kept in cache, and threads balanced over examples. PyTorch's CPU flash attention multiplies 32- or 64-row
+blocks through MKL, which runs AVX2 code on AMD CPUs, and its backward is about three times its forward; on
+SmolLM2-135M's packed MedQuAD rows the kernel's forward and backward are about three times faster (bench/README.md).
+Where the kernel cannot be built (no compiler), training says so once and keeps `packed_sdpa`.
+
+Both are registered with transformers' attention interface (`ATTENTION`, `KERNEL_ATTENTION`); `use_packed_attention`
+switches a model to one, and `restore_attention` switches back before the model is saved or used for generation.
+"""
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tailorlm.training.cpu_kernels import cpu_kernels
+
 ATTENTION = "tailorlm_packed_sdpa"
+KERNEL_ATTENTION = "tailorlm_packed_kernel"
+PACKED = (ATTENTION, KERNEL_ATTENTION)
 _SDPA_GQA = "enable_gqa" in (F.scaled_dot_product_attention.__doc__ or "")  # torch 2.5 and later
 _registered = False
 
@@ -48,13 +61,59 @@ def packed_sdpa(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value
     return output, None
 
 
+def packed_kernel(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                  attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
+                  **kwargs) -> tuple[torch.Tensor, None]:
+    """`packed_sdpa`'s result through the compiled kernel where it applies (fp32 CPU tensors, no dropout)."""
+    position_ids = kwargs.get("position_ids")
+    extension = cpu_kernels()
+    if (extension is None or attention_mask is not None or position_ids is None or query.shape[2] == 1
+            or key.shape[2] != query.shape[2] or query.device.type != "cpu" or query.dtype != torch.float32
+            or key.dtype != torch.float32 or value.dtype != torch.float32 or (dropout and module.training)):
+        return packed_sdpa(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+    scale = query.shape[-1] ** -0.5 if scaling is None else float(scaling)
+    return _KernelAttention.apply(query, key, value, _span_table(position_ids, query.shape[0]), scale), None
+
+
+class _KernelAttention(torch.autograd.Function):
+    """Causal attention per span: (B, heads, T, D) query and (B, kv_heads, T, D) key and value in, (B, T, heads, D)
+    out. The kernel saves only each row's log-sum-exp and recomputes the probabilities in the backward."""
+
+    @staticmethod
+    def forward(ctx: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, spans: torch.Tensor,
+                scale: float) -> torch.Tensor:
+        # (B, T, heads, D) memory, which is how the projections lay them out: no copy in the usual case.
+        query, key, value = (x.transpose(1, 2).contiguous() for x in (query, key, value))
+        output, lse = cpu_kernels().attention_forward(query, key, value, spans, scale)
+        ctx.save_for_backward(query, key, value, output, lse, spans)
+        ctx.scale = scale
+        return output
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        query, key, value, output, lse, spans = ctx.saved_tensors
+        grads = cpu_kernels().attention_backward(grad_output.contiguous(), query, key, value, output, lse, spans,
+                                            ctx.scale)
+        grad_query, grad_key, grad_value = (g.transpose(1, 2) for g in grads)  # back to (B, heads, T, D)
+        return grad_query, grad_key, grad_value, None, None
+
+
+def _span_table(position_ids: torch.Tensor, batch: int) -> torch.Tensor:
+    """(N, 3) int64 (row, start, end) of every example of every row, for the kernel."""
+    rows = _spans(position_ids.expand(batch, -1) if position_ids.shape[0] == 1 else position_ids)
+    table = [(row, start, end) for row, (starts, ends) in enumerate(rows) for start, end in zip(starts, ends)]
+    return torch.tensor(table, dtype=torch.long)
+
+
 def _spans(position_ids: torch.Tensor) -> list[tuple[list[int], list[int]]]:
-    """(starts, ends) of each row's examples: a span starts wherever the position is 0."""
+    """(starts, ends) of each row's examples: a span starts at the row's first token and wherever the position is 0."""
     position_ids = position_ids.reshape(-1, position_ids.shape[-1])
     width = position_ids.shape[-1]
     result = []
     for row in position_ids.cpu():
-        starts = (row == 0).nonzero().flatten().tolist() or [0]
+        starts = (row == 0).nonzero().flatten().tolist()
+        if not starts or starts[0] != 0:
+            starts = [0] + starts
         result.append((starts, starts[1:] + [width]))
     return result
 
@@ -68,25 +127,29 @@ def _mask(*args, **kwargs) -> torch.Tensor | None:
     return sdpa_mask(*args, **kwargs)
 
 
-def use_packed_attention(model: nn.Module) -> bool:
-    """Switch a decoder that uses SDPA to `packed_sdpa`; returns False (and changes nothing) for other models."""
+def use_packed_attention(model: nn.Module, *, kernel: bool = False) -> bool:
+    """Switch a decoder that uses SDPA to `packed_sdpa`, or with `kernel` to `packed_kernel` (which builds the
+    kernel now, so a build failure shows before training); returns False (and changes nothing) for other models."""
     global _registered
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface
 
     config = getattr(model, "config", None)
-    if config is None or getattr(config, "_attn_implementation", None) != "sdpa" or config.is_encoder_decoder:
+    if config is None or getattr(config, "_attn_implementation", None) not in ("sdpa", *PACKED) or config.is_encoder_decoder:
         return False
     if not _registered:
-        AttentionInterface.register(ATTENTION, packed_sdpa)
-        AttentionMaskInterface.register(ATTENTION, _mask)
+        for name, function in ((ATTENTION, packed_sdpa), (KERNEL_ATTENTION, packed_kernel)):
+            AttentionInterface.register(name, function)
+            AttentionMaskInterface.register(name, _mask)
         _registered = True
-    model.set_attn_implementation(ATTENTION)
+    if kernel:
+        cpu_kernels()  # built now, so that a build failure shows before training
+    model.set_attn_implementation(KERNEL_ATTENTION if kernel else ATTENTION)
     return True
 
 
 def restore_attention(model: nn.Module) -> None:
     """Back to plain SDPA (for generation, saving and anything that passes a padding mask or a cache)."""
     config = getattr(model, "config", None)
-    if config is not None and getattr(config, "_attn_implementation", None) == ATTENTION:
+    if config is not None and getattr(config, "_attn_implementation", None) in PACKED:
         model.set_attn_implementation("sdpa")

@@ -68,7 +68,8 @@ def estimate(config: RunConfig, *, console: Console | None = None) -> Estimate:
     with tempfile.TemporaryDirectory(prefix="tailorlm-estimate-") as scratch:
         run = prepare(dataclasses.replace(config, output=scratch), resume=False, overwrite=True, console=console)
         model = run.model
-        module = LossModule(model, objective=config.objective, chunk_size=settings.loss_chunk_size)
+        module = LossModule(model, objective=config.objective, chunk_size=settings.loss_chunk_size,
+                            kernels=run.device.type == "cpu" and settings.cpu_kernels)
         optimizer = build_optimizer(model, lr=settings.lr, weight_decay=settings.weight_decay,
                                     device_type=run.device.type)
         scheduler = build_scheduler(optimizer, total_steps=10, warmup_steps=0, schedule="constant")

@@ -9,7 +9,8 @@ fine-tuning also drops each norm's normalised input (another 72 MB).
 
 `use_lean_layers` swaps the forward of the modules it recognises, and only after checking on a random input that
 the swapped forward gives the same output as the module's own, so a model family with another formula (Gemma's
-1 + weight, a GELU MLP) keeps its own forward. `restore_layers` undoes it.
+1 + weight, a GELU MLP) keeps its own forward. `restore_layers` undoes it. With `kernels`, fp32 CPU tensors go
+through tailorlm's compiled kernels (training/cpu_kernels.py), one pass over the rows instead of one per operation.
 """
 
 from __future__ import annotations
@@ -21,14 +22,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tailorlm.training.cpu_kernels import cpu_kernels
+
 _SWAPPED = "_tailorlm_own_forward"
+_KERNELS = "_tailorlm_cpu_kernels"  # set on a swapped module whose lean forward may use the compiled kernels
 
 
 class _RMSNorm(torch.autograd.Function):
     """weight * (x / sqrt(mean(x²) + eps)), computed in fp32 as transformers' Llama RMSNorm does."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, eps: float, compiled: Any = None) -> torch.Tensor:
+        ctx.compiled = compiled if _compiled_fits(x, weight) else None
+        if ctx.compiled is not None:
+            out, rstd = ctx.compiled.rms_norm_forward(x, weight, eps)
+            ctx.save_for_backward(x, weight, rstd)
+            return out
         xf = x.to(torch.float32)
         rstd = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)  # (..., 1)
         ctx.save_for_backward(x, weight, rstd)
@@ -37,6 +46,11 @@ class _RMSNorm(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, weight, rstd = ctx.saved_tensors
+        if ctx.compiled is not None and ctx.needs_input_grad[0]:
+            grad_x, grad_weight = ctx.compiled.rms_norm_backward(grad_out.contiguous(), x, weight, rstd,
+                                                                 ctx.needs_input_grad[1])
+            return grad_x, (grad_weight if ctx.needs_input_grad[1] else None), None, None
+        rstd = rstd.reshape(*x.shape[:-1], 1)  # (..., 1); the compiled forward keeps it as (rows,)
         normed = x.to(torch.float32) * rstd  # (..., H)
         grad = grad_out.to(torch.float32)
         grad_weight = None
@@ -46,40 +60,56 @@ class _RMSNorm(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grad_normed = grad * weight.to(torch.float32)
             grad_x = (rstd * (grad_normed - normed * (grad_normed * normed).mean(-1, keepdim=True))).to(x.dtype)
-        return grad_x, grad_weight, None
+        return grad_x, grad_weight, None, None
 
 
 class _SwiGLU(torch.autograd.Function):
     """SiLU(gate) * up, keeping only gate and up for the backward."""
 
     @staticmethod
-    def forward(ctx: Any, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    def forward(ctx: Any, gate: torch.Tensor, up: torch.Tensor, compiled: Any = None) -> torch.Tensor:
         ctx.save_for_backward(gate, up)
+        ctx.compiled = compiled if _compiled_fits(gate, up) and gate.shape == up.shape else None
+        if ctx.compiled is not None:
+            return ctx.compiled.swiglu_forward(gate, up)
         return F.silu(gate) * up
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         gate, up = ctx.saved_tensors
+        if ctx.compiled is not None:
+            grad_gate, grad_up = ctx.compiled.swiglu_backward(grad_out.contiguous(), gate, up)
+            return grad_gate, grad_up, None
         sigmoid = torch.sigmoid(gate)
         silu = gate * sigmoid
         grad_up = grad_out * silu
         # d silu / d gate = sigmoid * (1 + gate * (1 - sigmoid)) = sigmoid + silu * (1 - sigmoid)
         grad_gate = grad_out * up * (sigmoid + silu * (1.0 - sigmoid))
-        return grad_gate, grad_up
+        return grad_gate, grad_up, None
+
+
+def _compiled_fits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether the compiled kernels take these tensors: contiguous fp32 on the CPU."""
+    return all(t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous() for t in (a, b))
+
+
+def _kernels(module: nn.Module) -> Any:
+    return cpu_kernels() if getattr(module, _KERNELS, False) else None
 
 
 def lean_rms_norm(self: nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
     """RMSNorm forward for a module with `weight` and `variance_epsilon` (Llama, Mistral, Qwen2)."""
-    return _RMSNorm.apply(hidden_states, self.weight, self.variance_epsilon)
+    return _RMSNorm.apply(hidden_states, self.weight, self.variance_epsilon, _kernels(self))
 
 
 def lean_swiglu_mlp(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """down(SiLU(gate(x)) * up(x)); the projections may be peft-wrapped linears."""
-    return self.down_proj(_SwiGLU.apply(self.gate_proj(x), self.up_proj(x)))
+    return self.down_proj(_SwiGLU.apply(self.gate_proj(x), self.up_proj(x), _kernels(self)))
 
 
-def use_lean_layers(model: nn.Module) -> int:
-    """Swap the forward of each RMSNorm and SwiGLU MLP whose output the lean forward reproduces; returns how many."""
+def use_lean_layers(model: nn.Module, *, kernels: bool = False) -> int:
+    """Swap the forward of each RMSNorm and SwiGLU MLP whose output the lean forward reproduces; returns how many.
+    With `kernels`, their fp32 CPU tensors go through tailorlm's compiled kernels where those are built."""
     swapped = 0
     checked: dict[type, bool] = {}
     for module in model.modules():
@@ -91,6 +121,8 @@ def use_lean_layers(model: nn.Module) -> int:
             checked[kind] = _same_output(module, lean)
         if checked[kind]:
             setattr(module, _SWAPPED, True)
+            if kernels:
+                setattr(module, _KERNELS, True)
             module.forward = types.MethodType(lean, module)  # an instance attribute over the class's forward
             swapped += 1
     return swapped
@@ -102,6 +134,7 @@ def restore_layers(model: nn.Module) -> None:
         if hasattr(module, _SWAPPED):
             module.__dict__.pop("forward", None)
             delattr(module, _SWAPPED)
+            module.__dict__.pop(_KERNELS, None)
 
 
 def _lean_forward(module: nn.Module) -> Any:

@@ -75,7 +75,8 @@ def train(config: RunConfig, *, resume: bool = False, overwrite: bool = False,
         shutdown(world)
         raise
     model = run.model
-    loss_module = LossModule(model, objective=config.objective, chunk_size=settings.loss_chunk_size)
+    loss_module = LossModule(model, objective=config.objective, chunk_size=settings.loss_chunk_size,
+                             kernels=run.device.type == "cpu" and settings.cpu_kernels)
     step_module = wrap(loss_module, world, run.device.type, fsdp=settings.fsdp)  # before the optimizer: FSDP
     optimizer = build_optimizer(model, lr=settings.lr, weight_decay=settings.weight_decay, device_type=run.device.type)
     if world.size == 1:

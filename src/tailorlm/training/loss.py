@@ -23,6 +23,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from tailorlm.errors import ConfigError
+from tailorlm.training.cpu_kernels import cpu_kernels
 from tailorlm.training.matmul import mm_t, uses_onednn
 from tailorlm.training.packing import IGNORE_INDEX
 
@@ -34,6 +35,10 @@ class HeadTransform:
     scale: float = 1.0
     softcap: float | None = None
 
+    @property
+    def identity(self) -> bool:
+        return self.scale == 1.0 and self.softcap is None
+
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:
         """Apply to fp32 logits (out of place, so autograd can differentiate it)."""
         if self.scale != 1.0:
@@ -44,13 +49,14 @@ class HeadTransform:
 
 
 def causal_lm_loss(
-    model: nn.Module, batch: dict[str, torch.Tensor], *, chunk_size: int = 1024
+    model: nn.Module, batch: dict[str, torch.Tensor], *, chunk_size: int = 1024, kernels: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(sum of next-token losses, number of trained tokens) for a padded or packed batch.
 
     Same value as `model(**batch).loss * n_tokens` for the standard Hugging Face loss. `model` may be a
     transformers causal LM or a peft model around one; the forward always gets `use_cache=False`, which packed
-    batches need (a cache turns off transformers' per-example masking).
+    batches need (a cache turns off transformers' per-example masking). With `kernels`, fp32 CPU chunks take
+    their softmax and its gradient from tailorlm's compiled kernel (training/cpu_kernels.py) where it is built.
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
@@ -69,7 +75,11 @@ def causal_lm_loss(
     head, transform = output_head(model)
     if _is_plain_linear(head):
         onednn = uses_onednn(head)  # multiply through oneDNN as the model's other linear layers do
-        loss = _LinearCrossEntropy.apply(selected, head.weight, head.bias, targets, transform, chunk_size, onednn)
+        compiled = None
+        if kernels and selected.device.type == "cpu" and head.weight.dtype == torch.float32 and transform.identity:
+            compiled = cpu_kernels()
+        loss = _LinearCrossEntropy.apply(selected, head.weight, head.bias, targets, transform, chunk_size, onednn,
+                                         compiled)
     else:
         loss = _checkpointed_cross_entropy(head, transform, selected, targets, chunk_size)
     return loss, keep.sum()
@@ -217,6 +227,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         transform: HeadTransform,
         chunk_size: int,
         onednn: bool = False,
+        compiled: Any = None,  # tailorlm's CPU kernels (training/cpu_kernels.py), for fp32 chunks
     ) -> torch.Tensor:
         want_hidden, want_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         want_bias = bias is not None and ctx.needs_input_grad[2]
@@ -228,7 +239,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             rows = slice(start, start + chunk_size)
             out = None if grad_hidden is None else grad_hidden[rows]
             total += _chunk_loss_and_grads(
-                hidden[rows], weight, bias, targets[rows], transform, out, grad_weight, grad_bias, onednn
+                hidden[rows], weight, bias, targets[rows], transform, out, grad_weight, grad_bias, onednn, compiled
             )
         ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
         ctx.dtypes = (hidden.dtype, weight.dtype, None if bias is None else bias.dtype)
@@ -239,7 +250,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grads = [
             None if g is None else (g * grad_total).to(dtype) for g, dtype in zip(ctx.saved_tensors, ctx.dtypes)
         ]
-        return grads[0], grads[1], grads[2], None, None, None, None
+        return grads[0], grads[1], grads[2], None, None, None, None, None
 
 
 def _chunk_loss_and_grads(
@@ -252,13 +263,18 @@ def _chunk_loss_and_grads(
     grad_weight: torch.Tensor | None,  # (V, H) fp32, accumulated
     grad_bias: torch.Tensor | None,  # (V,) fp32, accumulated
     onednn: bool = False,
+    compiled: Any = None,
 ) -> torch.Tensor:
     """Summed cross-entropy of one chunk; its gradients go into the given buffers. The (C, V) logits die on return.
 
     With `onednn`, the two products that need no buffer of the weight's size (logits and ∂h) go through oneDNN
-    (`training/matmul.py`); ∂W accumulates in place through PyTorch's addmm.
+    (`training/matmul.py`); ∂W accumulates in place through PyTorch's addmm. With `compiled` (an identity
+    transform, fp32 logits), one kernel turns the logits into their gradient in place and returns each row's loss.
     """
     logits = (mm_t(h, weight, bias) if onednn else F.linear(h, weight, bias)).float()  # (C, V)
+    if compiled is not None and logits.dtype == torch.float32 and logits.is_contiguous():
+        loss = compiled.softmax_cross_entropy_(logits, y).sum()
+        return _chunk_grads(logits, h, weight, grad_h, grad_weight, grad_bias, onednn, loss)
     if transform.scale != 1.0:
         logits.mul_(transform.scale)
     tanh = None
@@ -278,7 +294,13 @@ def _chunk_loss_and_grads(
         grad.mul_(tanh.square_().neg_().add_(1.0))  # d(cap * tanh(z / cap)) / dz, in place
     if transform.scale != 1.0:
         grad.mul_(transform.scale)
-    grad = grad.to(weight.dtype)
+    return _chunk_grads(grad.to(weight.dtype), h, weight, grad_h, grad_weight, grad_bias, onednn, loss)
+
+
+def _chunk_grads(grad: torch.Tensor, h: torch.Tensor, weight: torch.Tensor, grad_h: torch.Tensor | None,
+                 grad_weight: torch.Tensor | None, grad_bias: torch.Tensor | None, onednn: bool,
+                 loss: torch.Tensor) -> torch.Tensor:
+    """Writes ∂h and accumulates ∂W and ∂b of a chunk from ∂logits (C, V); returns `loss`."""
     if grad_h is not None and onednn:
         grad_h.copy_(mm_t(grad, weight.t()))  # (C, H)
     elif grad_h is not None:

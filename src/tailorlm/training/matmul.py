@@ -138,7 +138,9 @@ class _OneDnnLora(torch.autograd.Function):
         if needs[3]:
             grad_a = _lin(u.t(), x.t())  # (r, in): uᵀ x
         if needs[4]:
-            grad_b = torch.mm(grad_out.t(), t)  # (out, r): MKL, faster than oneDNN for r columns
+            # (out, r) as the transpose of tᵀ ∂y: oneDNN is fastest with the r rows as the output's rows (1536
+            # outputs: 80 µs, where MKL's ∂yᵀ t takes 250 µs and oneDNN's 370 µs)
+            grad_b = _lin(t.t(), grad_out.t()).t().contiguous()
         return grad_x, grad_weight, grad_bias, grad_a, grad_b, None
 
 

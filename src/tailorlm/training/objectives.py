@@ -14,17 +14,18 @@ from tailorlm.data.templates import IGNORE_INDEX
 class LossModule(nn.Module):
     """Wraps the model so one forward returns (summed loss, trained-token count); DDP wraps this module."""
 
-    def __init__(self, model: nn.Module, *, objective: str, chunk_size: int) -> None:
+    def __init__(self, model: nn.Module, *, objective: str, chunk_size: int, kernels: bool = False) -> None:
         super().__init__()
         self.model = model
         self.objective = objective
         self.chunk_size = chunk_size
+        self.kernels = kernels  # the causal LM loss's softmax through tailorlm's compiled CPU kernel
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         if self.objective in ("pretrain", "sft"):
             from tailorlm.training.loss import causal_lm_loss
 
-            return causal_lm_loss(self.model, batch, chunk_size=self.chunk_size)
+            return causal_lm_loss(self.model, batch, chunk_size=self.chunk_size, kernels=self.kernels)
         if self.objective == "classify":
             logits = classifier_logits(self.model, batch)  # (B, C)
             labels = batch["labels"]

@@ -73,18 +73,18 @@ def perplexity(model: Any, tokens: Sequence[int] | np.ndarray, *, window: int, b
 def _plain_attention(model: Any) -> Iterator[None]:
     """Plain SDPA while measuring a model that trains with packed attention (training/attention.py), which reads
     example spans from per-row position ids that these unpacked rows do not carry."""
-    from tailorlm.training.attention import ATTENTION, restore_attention, use_packed_attention
+    from tailorlm.training.attention import PACKED, restore_attention
     from tailorlm.training.loss import unwrap_model
 
     core = unwrap_model(model)
-    packed = getattr(core.config, "_attn_implementation", None) == ATTENTION
-    if packed:
+    previous = getattr(core.config, "_attn_implementation", None)
+    if previous in PACKED:
         restore_attention(core)
     try:
         yield
     finally:
-        if packed:
-            use_packed_attention(core)
+        if previous in PACKED:
+            core.set_attn_implementation(previous)
 
 
 def text_tokens(source: str | Mapping[str, Any], tokenizer: Any, *, max_tokens: int, where: str, base_dir: Path,

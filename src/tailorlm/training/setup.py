@@ -167,9 +167,10 @@ def prepare(config: RunConfig, *, resume: bool, overwrite: bool, console: Consol
     forgetting = _forgetting_check(config, tokenizer, eval_plan) if config.forgetting is not None else None
 
     packing = plan.packing
-    if packing:
-        use_packed_attention(model)  # per-example causal attention instead of a block-diagonal mask over each row
-    use_lean_layers(model)  # RMSNorm and SwiGLU that keep fewer tensors for the backward
+    kernels = device.type == "cpu" and settings.cpu_kernels  # tailorlm's compiled CPU kernels
+    if packing:  # per-example causal attention instead of a block-diagonal mask over each row
+        use_packed_attention(model, kernel=kernels)
+    use_lean_layers(model, kernels=kernels)  # RMSNorm and SwiGLU that keep fewer tensors for the backward
     model = apply_method(model, config, model_path=model_path)
     trainable, total = count_parameters(model)
     if device.type == "cpu" and settings.cpu_matmul == "onednn":
@@ -286,8 +287,8 @@ def _claim_output(output: Path, config: RunConfig, *, resume: bool, overwrite: b
 
 def _identity(config: RunConfig) -> dict[str, Any]:
     """The settings that must match for a checkpoint to be resumable (step counts may change, and so may
-    train.fsdp: FSDP writes the same whole-tensor checkpoints as one process or DDP, and train.cpu_matmul, which
-    changes only the order of a product's sums).
+    train.fsdp: FSDP writes the same whole-tensor checkpoints as one process or DDP, and train.cpu_matmul and
+    train.cpu_kernels, which change only the rounding of a product's sums).
 
     Paths count by what they point at, so `data.jsonl` and `/home/me/data.jsonl` are the same setting.
     """
@@ -313,7 +314,7 @@ def _identity(config: RunConfig) -> dict[str, Any]:
 
 
 _FREE_TRAIN_KEYS = ("max_steps", "epochs", "eval_every", "save_every", "keep_last", "log_every", "tensorboard",
-                    "mlflow", "early_stopping_patience", "fsdp", "cpu_matmul",
+                    "mlflow", "early_stopping_patience", "fsdp", "cpu_matmul", "cpu_kernels",
                     "frozen_weights")  # removed from the settings; a run.json from before may still record it
 """train.* settings a resumed run may change."""
 

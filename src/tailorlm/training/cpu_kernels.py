@@ -1,0 +1,75 @@
+"""tailorlm's compiled CPU kernels (`kernels/cpu_kernels.cpp`): packed attention and the loss's softmax.
+
+They are built with the machine's C++ compiler the first time training needs them (about 20 s) into PyTorch's
+extension cache (`TORCH_EXTENSIONS_DIR`, by default ~/.cache/torch_extensions), and loaded from there afterwards.
+The build uses -march=native, so the cache entry is named after the source, the PyTorch version and this CPU.
+Where they cannot be built (no compiler, another platform), `cpu_kernels()` returns None after one warning and
+callers keep PyTorch's own operations; `train.cpu_kernels: false` skips them altogether.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import shutil
+import threading
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+_SOURCE = Path(__file__).with_name("kernels") / "cpu_kernels.cpp"
+_lock = threading.Lock()
+_state: dict[str, Any] = {}  # "module" once built, or "error" once a build failed
+
+
+def cpu_kernels() -> Any | None:
+    """The compiled kernels' module (built on first call), or None where they cannot be built."""
+    if "module" not in _state and "error" not in _state:
+        with _lock:
+            if "module" not in _state and "error" not in _state:
+                try:
+                    _state["module"] = _build()
+                except Exception as error:  # no compiler, no ninja, another platform: training still works
+                    _state["error"] = _last_line(error)
+                    warnings.warn(f"could not build tailorlm's CPU kernels ({_state['error']}); training uses "
+                                  "PyTorch's own attention and loss operations, which are slower "
+                                  "(train.cpu_kernels: false skips the build)", RuntimeWarning, stacklevel=2)
+    return _state.get("module")
+
+
+def _build() -> Any:
+    from torch.utils import cpp_extension
+
+    if shutil.which("ninja") is None:  # the ninja package's binary, when its folder is not on PATH
+        try:
+            import ninja
+
+            os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
+        except ImportError:
+            pass
+    source = _SOURCE.read_bytes()
+    identity = hashlib.sha256(source + torch.__version__.encode() + _cpu_identity().encode()).hexdigest()[:16]
+    # -fopenmp: ATen's parallel_for is a header template; with OpenMP it runs on PyTorch's own OpenMP threads
+    # (the loader finds the libgomp.so.1 that torch has already loaded).
+    return cpp_extension.load(name=f"tailorlm_cpu_kernels_{identity}", sources=[str(_SOURCE)],
+                              extra_cflags=["-O3", "-march=native", "-fopenmp"], extra_ldflags=["-fopenmp"],
+                              verbose=False)
+
+
+def _cpu_identity() -> str:
+    """This CPU's model and instruction-set flags (Linux), or what the platform module knows."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            lines = [line for line in info if line.startswith(("model name", "flags", "Features"))]
+        return platform.machine() + "".join(sorted(set(lines)))
+    except OSError:
+        return platform.machine() + platform.processor()
+
+
+def _last_line(error: Exception) -> str:
+    """An exception as one line (a failed build's message ends with the compiler's verdict)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return f"{type(error).__name__}: {lines[-1]}" if lines else type(error).__name__
