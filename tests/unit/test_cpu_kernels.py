@@ -161,7 +161,7 @@ def test_without_a_compiler_training_keeps_pytorch_operations(monkeypatch):
     """A failed build warns once; attention and the loss then take PyTorch's paths with the same results."""
     monkeypatch.setattr(kernels_module, "_state", {})
 
-    def no_compiler():
+    def no_compiler(announce=None):
         raise RuntimeError("Error building extension\nc++: command not found")
 
     monkeypatch.setattr(kernels_module, "_build", no_compiler)

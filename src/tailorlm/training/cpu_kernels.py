@@ -1,4 +1,4 @@
-"""tailorlm's compiled CPU kernels (`kernels/cpu_kernels.cpp`): packed attention and the loss's softmax.
+"""tailorlm's compiled CPU kernels (`kernels/cpu_kernels.cpp`): packed attention, the loss's softmax, SwiGLU, RMSNorm.
 
 They are built with the machine's C++ compiler the first time training needs them (about 20 s) into PyTorch's
 extension cache (`TORCH_EXTENSIONS_DIR`, by default ~/.cache/torch_extensions), and loaded from there afterwards.
@@ -15,6 +15,7 @@ import platform
 import shutil
 import threading
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,22 +26,23 @@ _lock = threading.Lock()
 _state: dict[str, Any] = {}  # "module" once built, or "error" once a build failed
 
 
-def cpu_kernels() -> Any | None:
-    """The compiled kernels' module (built on first call), or None where they cannot be built."""
+def cpu_kernels(announce: Callable[[str], None] | None = None) -> Any | None:
+    """The compiled kernels' module (built on first call), or None where they cannot be built. `announce` hears
+    one line before a compilation (not when the cache has this build)."""
     if "module" not in _state and "error" not in _state:
         with _lock:
             if "module" not in _state and "error" not in _state:
                 try:
-                    _state["module"] = _build()
+                    _state["module"] = _build(announce)
                 except Exception as error:  # no compiler, no ninja, another platform: training still works
                     _state["error"] = _last_line(error)
                     warnings.warn(f"could not build tailorlm's CPU kernels ({_state['error']}); training uses "
-                                  "PyTorch's own attention and loss operations, which are slower "
-                                  "(train.cpu_kernels: false skips the build)", RuntimeWarning, stacklevel=2)
+                                  "PyTorch's own operations instead, which are slower (train.cpu_kernels: false "
+                                  "skips the build)", RuntimeWarning, stacklevel=2)
     return _state.get("module")
 
 
-def _build() -> Any:
+def _build(announce: Callable[[str], None] | None = None) -> Any:
     from torch.utils import cpp_extension
 
     if shutil.which("ninja") is None:  # the ninja package's binary, when its folder is not on PATH
@@ -52,11 +54,23 @@ def _build() -> Any:
             pass
     source = _SOURCE.read_bytes()
     identity = hashlib.sha256(source + torch.__version__.encode() + _cpu_identity().encode()).hexdigest()[:16]
+    name = f"tailorlm_cpu_kernels_{identity}"
+    if announce is not None and not _cached(cpp_extension, name):
+        announce("compiling tailorlm's CPU kernels for this machine (once; about 30 s)")
     # -fopenmp: ATen's parallel_for is a header template; with OpenMP it runs on PyTorch's own OpenMP threads
     # (the loader finds the libgomp.so.1 that torch has already loaded).
-    return cpp_extension.load(name=f"tailorlm_cpu_kernels_{identity}", sources=[str(_SOURCE)],
+    return cpp_extension.load(name=name, sources=[str(_SOURCE)],
                               extra_cflags=["-O3", "-march=native", "-fopenmp"], extra_ldflags=["-fopenmp"],
                               verbose=False)
+
+
+def _cached(cpp_extension: Any, name: str) -> bool:
+    """Whether PyTorch's extension cache already holds this build (its folder logic is private: unsure is True)."""
+    try:
+        folder = Path(cpp_extension._get_build_directory(name, verbose=False))
+    except Exception:
+        return True
+    return (folder / f"{name}.so").exists()
 
 
 def _cpu_identity() -> str:

@@ -16,6 +16,7 @@ from tailorlm.errors import ConfigError, DataError
 from tailorlm.strategies.adapters import apply_method, count_parameters
 from tailorlm.strategies.base import Manifest, file_sha256, library_versions, save_specialist
 from tailorlm.training.attention import restore_attention, use_packed_attention
+from tailorlm.training.cpu_kernels import cpu_kernels
 from tailorlm.training.fused import restore_layers, use_lean_layers
 from tailorlm.training.matmul import restore_linear, use_onednn_linear
 from tailorlm.training.batches import BatchPlan, StreamPlan
@@ -168,6 +169,8 @@ def prepare(config: RunConfig, *, resume: bool, overwrite: bool, console: Consol
 
     packing = plan.packing
     kernels = device.type == "cpu" and settings.cpu_kernels  # tailorlm's compiled CPU kernels
+    if kernels:
+        cpu_kernels(announce=lambda line: console.print(line) if world.main else None)
     if packing:  # per-example causal attention instead of a block-diagonal mask over each row
         use_packed_attention(model, kernel=kernels)
     use_lean_layers(model, kernels=kernels)  # RMSNorm and SwiGLU that keep fewer tensors for the backward
