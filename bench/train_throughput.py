@@ -4,9 +4,10 @@
     python bench/train_throughput.py --steps 2  # quicker, noisier
 
 Setup (issue 3): SmolLM2-135M-Instruct, LoRA r=16 on all linear layers, MedQuAD question/answer pairs as chat,
-batch 4, max length 512, fp32 on CPU. tailorlm runs twice: as it trains by default (fp32 linear layers through oneDNN,
-training/matmul.py) and with train.cpu_matmul=default (PyTorch's own fp32 path, MKL). Each case runs in its own
-process so that its peak memory is its own.
+batch 4, max length 512, fp32 on CPU. tailorlm's LoRA runs three times: as it trains by default (fp32 linear layers
+through oneDNN, training/matmul.py; attention, loss softmax, SwiGLU and RMSNorm through its compiled kernels,
+training/cpu_kernels.py), with train.cpu_kernels=false (oneDNN only), and with both off (PyTorch's own operations
+throughout: MKL products, SDPA per example). Each case runs in its own process so that its peak memory is its own.
 Real tokens are non-padding input tokens. TRL is a benchmark-only dependency: pip install "trl==1.16.*".
 """
 
@@ -27,7 +28,7 @@ SHARED = ROOT.parent / "shared" / "data" / "medical_qa" / "medquad"
 SLICE = ROOT / "examples" / "data" / "medical_qa" / "medquad"
 MODEL = "smollm2-135m-instruct"
 BATCH, MAX_LENGTH, RANK = 4, 512, 16
-CASES = ["tailorlm_lora", "tailorlm_lora_mkl", "trl_default", "trl_packed", "tailorlm_full"]
+CASES = ["tailorlm_lora", "tailorlm_lora_no_kernels", "tailorlm_lora_mkl", "trl_default", "trl_packed", "tailorlm_full"]
 
 
 def medquad_messages(limit: int = 2000) -> list[list[dict[str, str]]]:
@@ -43,7 +44,7 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def case_tailorlm(method: str, steps: int, cpu_matmul: str = "onednn") -> dict:
+def case_tailorlm(method: str, steps: int, cpu_matmul: str = "onednn", cpu_kernels: bool = True) -> dict:
     from tailorlm.training.config import resolve_config
     from tailorlm.training.loop import train
     from tailorlm.training.tracking import read_metrics
@@ -55,7 +56,7 @@ def case_tailorlm(method: str, steps: int, cpu_matmul: str = "onednn") -> dict:
             "model": MODEL, "objective": "sft", "method": method, "data": str(data), "output": str(Path(tmp) / "out"),
         }, overrides=[f"train.max_steps={steps + 1}", f"train.batch_size={BATCH}", f"train.max_length={MAX_LENGTH}",
                       f"lora.r={RANK}", "data.split={}", "train.tensorboard=false", "train.warmup_steps=0",
-                      f"train.cpu_matmul={cpu_matmul}"])
+                      f"train.cpu_matmul={cpu_matmul}", f"train.cpu_kernels={str(cpu_kernels).lower()}"])
         train(config)
         records = [r for r in read_metrics(Path(tmp) / "out") if "loss" in r][1:]  # step 1 pays one-off costs
     tokens = sum(r["step_tokens"] for r in records)
@@ -164,7 +165,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.case:
         fn = {"tailorlm_lora": lambda: case_tailorlm("lora", args.steps),
-              "tailorlm_lora_mkl": lambda: case_tailorlm("lora", args.steps, "default"),
+              "tailorlm_lora_no_kernels": lambda: case_tailorlm("lora", args.steps, cpu_kernels=False),
+              "tailorlm_lora_mkl": lambda: case_tailorlm("lora", args.steps, "default", cpu_kernels=False),
               "tailorlm_full": lambda: case_tailorlm("full", args.steps),
               "trl_default": lambda: case_trl(False, args.steps), "trl_packed": lambda: case_trl(True, args.steps)}
         print(json.dumps(fn[args.case]()))
@@ -187,7 +189,7 @@ def main() -> None:
               "full_limit_at_mkl_rate_tokens_per_second": full_limit_mkl, "cases": results}
     default, packed = (results.get(k, {}) for k in ("trl_default", "trl_packed"))
     ratios = {}
-    for case, suffix in (("tailorlm_lora", ""), ("tailorlm_lora_mkl", "_mkl")):
+    for case, suffix in (("tailorlm_lora", ""), ("tailorlm_lora_no_kernels", "_no_kernels"), ("tailorlm_lora_mkl", "_mkl")):
         ours = results.get(case, {})
         if "real_tokens_per_second" not in ours:
             continue
@@ -208,12 +210,12 @@ def main() -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=1))
     print(f"matmul ceiling: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in ceiling.items()))
-    print(f"{'case':<16}{'real tok/s':>12}{'s/step':>9}{'peak MB':>10}")
+    print(f"{'case':<26}{'real tok/s':>12}{'s/step':>9}{'peak MB':>10}")
     for name, r in results.items():
         if "error" in r:
-            print(f"{name:<16}  failed: {r['error']}")
+            print(f"{name:<26}  failed: {r['error']}")
         else:
-            print(f"{name:<16}{r['real_tokens_per_second']:>12.1f}{r['seconds_per_step']:>9.2f}{r['peak_memory_mb']:>10.0f}")
+            print(f"{name:<26}{r['real_tokens_per_second']:>12.1f}{r['seconds_per_step']:>9.2f}{r['peak_memory_mb']:>10.0f}")
     for key, value in report.get("ratios", {}).items():
         print(f"{key}: {value:.2f}")
     print(f"written to {args.out}")

@@ -172,15 +172,17 @@ def test_overwrite_moves_the_old_run_aside_intact(tiny_llama_dir, existing, caps
     assert json.loads((output / "specialist.json").read_text())["steps"] == 1
 
 
-def test_resume_accepts_another_cpu_matmul_and_a_run_file_of_an_older_version(tiny_llama_dir, existing):
-    # How the CPU multiplies changes only the order of a product's sums, so it may change between the run and its
-    # resume; train.frozen_weights is a setting older versions recorded.
+def test_resume_accepts_other_cpu_paths_and_a_run_file_of_an_older_version(tiny_llama_dir, existing):
+    # How the CPU multiplies (train.cpu_matmul) and whether it uses the compiled kernels (train.cpu_kernels) change
+    # only the rounding, so they may change between the run and its resume; train.frozen_weights is a setting older
+    # versions recorded.
     data, output = existing
     run_file = output / "run.json"
     saved = json.loads(run_file.read_text(encoding="utf-8"))
     saved["train"]["frozen_weights"] = "fp16"
     run_file.write_text(json.dumps(saved), encoding="utf-8")
     with one_thread():
-        assert main(["train", *train_args(tiny_llama_dir, data, output, steps=4, extra=("train.cpu_matmul=default",)),
+        assert main(["train", *train_args(tiny_llama_dir, data, output, steps=4, extra=("train.cpu_matmul=default",
+                                                                                "train.cpu_kernels=false")),
                      "--resume"]) == 0
     assert json.loads((output / "specialist.json").read_text(encoding="utf-8"))["steps"] == 4

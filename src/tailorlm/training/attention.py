@@ -5,16 +5,18 @@ With packing, transformers turns restarting position ids into a block-diagonal m
 times the attention arithmetic it needs, and no causal block can be skipped. `packed_sdpa` instead runs causal
 SDPA on each example's span alone, which gives the same result (tested) with a fraction of the work.
 
-On the CPU in fp32, `packed_kernel` goes further with tailorlm's compiled kernel (training/cpu_kernels.py;
-`train.cpu_kernels`, on by default): one call per layer for all examples of the batch, each example's causal blocks multiplied by oneDNN's small-matrix kernels, the
-softmax kept in cache, and threads balanced over examples. PyTorch's CPU flash attention multiplies 32- or 64-row
-blocks through MKL, which runs AVX2 code on AMD CPUs, and its backward is about three times its forward; on
-SmolLM2-135M's packed MedQuAD rows the kernel's forward and backward are about three times faster (bench/README.md).
-Where the kernel cannot be built (no compiler), training says so once and keeps `packed_sdpa`.
+On the CPU in fp32, `packed_kernel` goes further with tailorlm's compiled kernel (training/cpu_kernels.py,
+`train.cpu_kernels`, on by default): one call per layer for all examples of the batch, each example's causal
+blocks multiplied by oneDNN's small-matrix kernels (AVX-512 where there is one), the softmax kept in cache, threads
+balanced over examples. PyTorch's CPU flash attention multiplies 32- or 64-row blocks through MKL, which runs AVX2
+code on AMD CPUs; on rows of SmolLM2-135M's shape packed from MedQuAD, the kernel's forward and backward together
+take a third of its time (2.6 against 7.5 ms per 512-token row and layer, bench/README.md). Where the kernel cannot
+be built (no compiler), training says so once and keeps `packed_sdpa`.
 
 Both are registered with transformers' attention interface (`ATTENTION`, `KERNEL_ATTENTION`); `use_packed_attention`
 switches a model to one, and `restore_attention` switches back before the model is saved or used for generation.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -93,7 +95,7 @@ class _KernelAttention(torch.autograd.Function):
     def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         query, key, value, output, lse, spans = ctx.saved_tensors
         grads = cpu_kernels().attention_backward(grad_output.contiguous(), query, key, value, output, lse, spans,
-                                            ctx.scale)
+                                                 ctx.scale)
         grad_query, grad_key, grad_value = (g.transpose(1, 2) for g in grads)  # back to (B, heads, T, D)
         return grad_query, grad_key, grad_value, None, None
 
@@ -135,7 +137,9 @@ def use_packed_attention(model: nn.Module, *, kernel: bool = False) -> bool:
     from transformers.masking_utils import AttentionMaskInterface
 
     config = getattr(model, "config", None)
-    if config is None or getattr(config, "_attn_implementation", None) not in ("sdpa", *PACKED) or config.is_encoder_decoder:
+    if config is None or config.is_encoder_decoder:
+        return False
+    if getattr(config, "_attn_implementation", None) not in ("sdpa", *PACKED):
         return False
     if not _registered:
         for name, function in ((ATTENTION, packed_sdpa), (KERNEL_ATTENTION, packed_kernel)):
