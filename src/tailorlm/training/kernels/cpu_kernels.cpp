@@ -2,23 +2,24 @@
 //
 // 1. Causal attention over the examples of packed rows, forward and backward.
 //
-// Each example (a span of a row) attends only to itself. The work is split into tasks over (span, key-value head)
-// that threads take from a shared counter, longest first. Inside a task, queries go in blocks of BLOCK rows; the
-// GROUP query heads that share a key-value head are stacked into one (GROUP * BLOCK, D) block, and each block
-// multiplies only the keys up to its own end (the causal prefix, rounded up to BLOCK). The products are oneDNN's
-// small-matrix kernels (at::native::cpublas::brgemm); softmax and its derivative run on rows of at most the span's
-// length, in cache. The backward recomputes the probabilities from the saved log-sum-exp, as flash attention does.
+// Each example (a span of a row) attends only to itself. Threads take tasks from a shared counter, costliest
+// first: (span, key-value head, block of queries) in the forward, (span, key-value head) in the backward, whose
+// ∂K and ∂V sum over the span's query blocks. Queries go in blocks of BLOCK rows; the GROUP query heads that share
+// a key-value head are stacked into one (GROUP * BLOCK, D) block, and each block multiplies only the keys up to
+// its own end (the causal prefix, rounded up to BLOCK). The products are oneDNN's small-matrix kernels
+// (at::native::cpublas::brgemm); softmax and its derivative run on rows of at most the span's length, in cache.
+// The backward recomputes the probabilities from the saved log-sum-exp, as flash attention does.
 //
 // Layouts: q (B, T, H, D), k and v (B, T, KV, D), out (B, T, H, D), all contiguous; lse (B, H, T);
-// spans (N, 3) int64 rows of (row, start, end). Positions outside every span are left untouched.
-//
-// 3. SwiGLU (SiLU(gate) * up) and RMSNorm, forward and backward, each in one pass over its rows (PyTorch's
-// operations make one pass per operation, and a new tensor for each).
+// spans (N, 3) int64 rows of (row, start, end). Outputs are zero at positions outside every span.
 //
 // 2. Softmax cross-entropy of a chunk of logits, in place: each row becomes softmax - one_hot(target), and the
 // row's loss is returned. A row (the vocabulary, 49,152 floats for SmolLM2) stays in the core's L2 cache across
 // the max, exp, sum and scale passes, where PyTorch's separate operations stream the whole chunk through memory
 // once per pass.
+//
+// 3. SwiGLU (SiLU(gate) * up) and RMSNorm, forward and backward, each in one pass over its rows (PyTorch's
+// operations make one pass per operation, and a new tensor for each).
 
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
