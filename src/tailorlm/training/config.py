@@ -118,9 +118,10 @@ class TrainSettings:
     that PyTorch's default (MKL) leaves idle on AMD CPUs: about twice as fast there, the same fp32 arithmetic
     (training/matmul.py). `default` keeps PyTorch's own path."""
     cpu_kernels: bool = True
-    """On the CPU, run the attention of packed fp32 rows and the loss's softmax through tailorlm's compiled kernels
-    (training/cpu_kernels.py; built with the machine's C++ compiler on first use, about 20 s, then cached). false
-    keeps PyTorch's own operations, as training does, after a warning, where the kernels cannot be built."""
+    """On the CPU, run the attention of packed fp32 rows, the loss's softmax, SwiGLU and RMSNorm through tailorlm's
+    compiled kernels (training/cpu_kernels.py; built with the machine's C++ compiler on first use, about 30 s, then
+    cached). false keeps PyTorch's own operations, as training does, after a warning, where the kernels cannot be
+    built."""
     loss_chunk_size: int = 256
     """Tokens per chunk of the output layer and loss, so full logits are never held at once."""
     eval_every: int | None = None

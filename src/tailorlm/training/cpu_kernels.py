@@ -1,6 +1,6 @@
 """tailorlm's compiled CPU kernels (`kernels/cpu_kernels.cpp`): packed attention, the loss's softmax, SwiGLU, RMSNorm.
 
-They are built with the machine's C++ compiler the first time training needs them (about 20 s) into PyTorch's
+They are built with the machine's C++ compiler the first time training needs them (about 30 s) into PyTorch's
 extension cache (`TORCH_EXTENSIONS_DIR`, by default ~/.cache/torch_extensions), and loaded from there afterwards.
 The build uses -march=native, so the cache entry is named after the source, the PyTorch version and this CPU.
 Where they cannot be built (no compiler, another platform), `cpu_kernels()` returns None after one warning and

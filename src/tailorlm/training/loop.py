@@ -169,11 +169,12 @@ def train(config: RunConfig, *, resume: bool = False, overwrite: bool = False,
     elif result.interrupted and world.main:
         console.print(f"interrupted at step {state.step}; checkpoint saved in {list_checkpoints(run.output)[-1]}. "
                       "To continue, run the same command with --resume.")
-    if settings.fsdp:
-        # The specialist's last all-gather must be retired before Python shuts down: gloo's worker thread frees its
-        # tensors, which needs the interpreter, and one freed during shutdown aborts the process (seen in a core
-        # dump; pytorch/pytorch#179291). A barrier waits with the interpreter free, so that thread finishes first.
-        barrier(world)
+    # The last collective (FSDP's all-gather for the specialist, DDP's all-reduce) must be retired before the process
+    # group goes: gloo's worker thread frees its tensors, which needs the interpreter. Under FSDP one freed during
+    # shutdown aborted the process (seen in a core dump; pytorch/pytorch#179291); under DDP a rank hung at exit, the
+    # process group's destructor joining that thread while holding the interpreter (seen in gdb). A barrier waits
+    # with the interpreter free, so that thread finishes first.
+    barrier(world)
     shutdown(world)
     return result
 
