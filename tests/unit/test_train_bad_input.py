@@ -174,7 +174,7 @@ def test_overwrite_moves_the_old_run_aside_intact(tiny_llama_dir, existing, caps
 
 def test_resume_accepts_other_cpu_paths_and_a_run_file_of_an_older_version(tiny_llama_dir, existing):
     # How the CPU multiplies (train.cpu_matmul) and whether it uses the compiled kernels (train.cpu_kernels) change
-    # only the rounding, so they may change between the run and its resume; train.frozen_weights is a setting older
+    # only the last bits of the results, so they may change between the run and its resume; train.frozen_weights is a setting older
     # versions recorded.
     data, output = existing
     run_file = output / "run.json"

@@ -68,13 +68,23 @@ def packed_kernel(module: nn.Module, query: torch.Tensor, key: torch.Tensor, val
                   **kwargs) -> tuple[torch.Tensor, None]:
     """`packed_sdpa`'s result through the compiled kernel where it applies (fp32 CPU tensors, no dropout)."""
     position_ids = kwargs.get("position_ids")
-    extension = cpu_kernels()
-    if (extension is None or attention_mask is not None or position_ids is None or query.shape[2] == 1
-            or key.shape[2] != query.shape[2] or query.device.type != "cpu" or query.dtype != torch.float32
-            or key.dtype != torch.float32 or value.dtype != torch.float32 or (dropout and module.training)):
+    if not _kernel_fits(query, key, value, attention_mask, position_ids, dropout and module.training) \
+            or cpu_kernels() is None:
         return packed_sdpa(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
     scale = query.shape[-1] ** -0.5 if scaling is None else float(scaling)
     return _KernelAttention.apply(query, key, value, _span_table(position_ids, query.shape[0]), scale), None
+
+
+def _kernel_fits(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask: torch.Tensor | None,
+                 position_ids: torch.Tensor | None, dropout: bool) -> bool:
+    """Whether the kernel computes this call: packed fp32 CPU rows with (B, T) or (1, T) position ids, key and value
+    of the query's shape but for their heads, and no mask, cache or dropout."""
+    batch, heads, width, dim = query.shape
+    return (attention_mask is None and not dropout and position_ids is not None and position_ids.dim() == 2
+            and position_ids.shape[0] in (1, batch) and position_ids.shape[1] == width and width > 1
+            and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in (query, key, value))
+            and key.shape == value.shape and key.shape[0] == batch and key.shape[2] == width
+            and key.shape[3] == dim and key.shape[1] > 0 and heads % key.shape[1] == 0)
 
 
 class _KernelAttention(torch.autograd.Function):

@@ -3,8 +3,9 @@
 They are built with the machine's C++ compiler the first time training needs them (about 30 s) into PyTorch's
 extension cache (`TORCH_EXTENSIONS_DIR`, by default ~/.cache/torch_extensions), and loaded from there afterwards.
 The build uses -march=native, so the cache entry is named after the source, the PyTorch version and this CPU.
-Where they cannot be built (no compiler, another platform), `cpu_kernels()` returns None after one warning and
-callers keep PyTorch's own operations; `train.cpu_kernels: false` skips them altogether.
+Once loaded, they are checked against PyTorch on a tiny problem. Where they cannot be built (no compiler, another
+platform) or fail that check, `cpu_kernels()` returns None after one warning and callers keep PyTorch's own
+operations; `train.cpu_kernels: false` skips them altogether.
 """
 
 from __future__ import annotations
@@ -58,10 +59,29 @@ def _build(announce: Callable[[str], None] | None = None) -> Any:
     if announce is not None and not _cached(cpp_extension, name):
         announce("compiling tailorlm's CPU kernels for this machine (once; about 30 s)")
     # -fopenmp: ATen's parallel_for is a header template; with OpenMP it runs on PyTorch's own OpenMP threads
-    # (the loader finds the libgomp.so.1 that torch has already loaded).
-    return cpp_extension.load(name=name, sources=[str(_SOURCE)],
-                              extra_cflags=["-O3", "-march=native", "-fopenmp"], extra_ldflags=["-fopenmp"],
-                              verbose=False)
+    # (with GCC the loader finds the libgomp.so.1 that torch has already loaded; clang's libomp would be a second
+    # runtime, correct but with threads of its own).
+    module = cpp_extension.load(name=name, sources=[str(_SOURCE)],
+                                extra_cflags=["-O3", "-march=native", "-fopenmp"], extra_ldflags=["-fopenmp"],
+                                verbose=False)
+    _self_check(module)
+    return module
+
+
+def _self_check(module: Any) -> None:
+    """Raise where the loaded kernels disagree with PyTorch on a tiny problem (an unusual CPU, compiler or build)."""
+    import torch.nn.functional as F
+
+    generator = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 70, heads, 8, generator=generator) for heads in (4, 2, 2))  # (B, T, heads, D)
+    out, _ = module.attention_forward(q, k, v, torch.tensor([[0, 0, 70]]), 0.35)
+    expected = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2).repeat_interleave(2, 1),
+                                              v.transpose(1, 2).repeat_interleave(2, 1), is_causal=True, scale=0.35)
+    logits, targets = torch.randn(3, 50, generator=generator), torch.tensor([0, 7, 49])
+    losses = module.softmax_cross_entropy_(logits.clone(), targets)
+    if not (torch.allclose(out, expected.transpose(1, 2), rtol=1e-4, atol=1e-5)
+            and torch.allclose(losses, F.cross_entropy(logits, targets, reduction="none"), rtol=1e-4, atol=1e-5)):
+        raise RuntimeError("the compiled kernels disagree with PyTorch on a check problem")
 
 
 def _cached(cpp_extension: Any, name: str) -> bool:

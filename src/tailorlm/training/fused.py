@@ -2,7 +2,7 @@
 
 Autograd keeps every intermediate an operation needs: Llama's RMSNorm keeps its input, the inverse RMS and the
 normalised input; its MLP keeps the gate output, SiLU(gate) and the up output. These autograd functions keep only
-the input and the (N, 1) inverse RMS, and the gate and up outputs, and recompute the rest in the backward, which
+the input and the inverse RMS (one number per row), and the gate and up outputs, and recompute the rest in the backward, which
 costs a few element-wise operations. Autograd already skips what frozen weights do not need, so with LoRA the saving
 is SiLU(gate): on SmolLM2-135M with 512-token rows, 94 MB less per row held between forward and backward; full
 fine-tuning also drops each norm's normalised input (another 72 MB).
@@ -121,10 +121,14 @@ def use_lean_layers(model: nn.Module, *, kernels: bool = False) -> int:
             checked[kind] = _same_output(module, lean)
         if checked[kind]:
             setattr(module, _SWAPPED, True)
-            if kernels:
-                setattr(module, _KERNELS, True)
             module.forward = types.MethodType(lean, module)  # an instance attribute over the class's forward
             swapped += 1
+    for module in model.modules():  # also on modules swapped before, so the last call decides
+        if hasattr(module, _SWAPPED):
+            if kernels:
+                setattr(module, _KERNELS, True)
+            else:
+                module.__dict__.pop(_KERNELS, None)
     return swapped
 
 

@@ -272,7 +272,7 @@ def _chunk_loss_and_grads(
     transform, fp32 logits), one kernel turns the logits into their gradient in place and returns each row's loss.
     """
     logits = (mm_t(h, weight, bias) if onednn else F.linear(h, weight, bias)).float()  # (C, V)
-    if compiled is not None and logits.dtype == torch.float32 and logits.is_contiguous():
+    if compiled is not None and transform.identity and logits.dtype == torch.float32 and logits.is_contiguous():
         loss = compiled.softmax_cross_entropy_(logits, y).sum()
         return _chunk_grads(logits, h, weight, grad_h, grad_weight, grad_bias, onednn, loss)
     if transform.scale != 1.0:

@@ -291,7 +291,7 @@ def _claim_output(output: Path, config: RunConfig, *, resume: bool, overwrite: b
 def _identity(config: RunConfig) -> dict[str, Any]:
     """The settings that must match for a checkpoint to be resumable (step counts may change, and so may
     train.fsdp: FSDP writes the same whole-tensor checkpoints as one process or DDP, and train.cpu_matmul and
-    train.cpu_kernels, which change only the rounding of a product's sums).
+    train.cpu_kernels, which change only the last bits of the results).
 
     Paths count by what they point at, so `data.jsonl` and `/home/me/data.jsonl` are the same setting.
     """

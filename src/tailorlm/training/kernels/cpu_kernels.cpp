@@ -37,8 +37,9 @@ namespace {
 
 constexpr int64_t BLOCK = 64;
 
-// exp(x) for x <= 0 (arguments are shifted by the row maximum): 2^n * e^r with |r| <= ln(2) / 2 and a degree-6
-// Taylor polynomial (relative error below 2e-7); written so that the compiler vectorizes the loops that call it.
+// exp(x) for -87 <= x <= 0 (arguments are shifted by the row maximum; below -87 it returns e^-87, about 1.6e-38):
+// 2^n * e^r with |r| <= ln(2) / 2 and a degree-6 Taylor polynomial (relative error about 2e-7); written so that the
+// compiler vectorizes the loops that call it.
 inline float exp_nonpositive(float x) {
   x = std::max(x, -87.0f);
   const float n = std::nearbyint(x * 1.4426950408889634f);
@@ -107,6 +108,7 @@ std::vector<Span> read_spans(const at::Tensor& spans) {
 
 Shape check_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
   TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4, "q, k, v must be (B, T, heads, D)");
+  TORCH_CHECK(q.device().is_cpu() && k.device().is_cpu() && v.device().is_cpu(), "q, k, v must be CPU tensors");
   TORCH_CHECK(q.scalar_type() == at::kFloat && k.scalar_type() == at::kFloat && v.scalar_type() == at::kFloat,
               "the packed attention kernel takes float32 tensors");
   TORCH_CHECK(q.is_contiguous() && k.is_contiguous() && v.is_contiguous(), "q, k, v must be contiguous");
@@ -117,11 +119,16 @@ Shape check_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
   return {q.size(0), q.size(1), H, KV, q.size(3), H / KV};
 }
 
+// Spans must lie in the batch and not overlap: tasks of different spans write their outputs without locks.
 void check_spans(const std::vector<Span>& spans, const Shape& s) {
+  std::vector<std::pair<int64_t, int64_t>> order;  // (row * T + start, end in the same numbering)
   for (const auto& sp : spans) {
     TORCH_CHECK(sp.row >= 0 && sp.row < s.B && sp.start >= 0 && sp.start + sp.length <= s.T,
                 "a span lies outside the batch");
+    order.emplace_back(sp.row * s.T + sp.start, sp.row * s.T + sp.start + sp.length);
   }
+  std::sort(order.begin(), order.end());
+  for (size_t i = 1; i < order.size(); i++) TORCH_CHECK(order[i].first >= order[i - 1].second, "spans overlap");
 }
 
 // Runs task(i) for i in [0, n) on all threads, taking tasks in the order given (longest first).
@@ -140,18 +147,19 @@ inline void mm(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, con
   at::native::cpublas::brgemm(M, N, K, lda, ldb, ldc, add, A, B, C, false);
 }
 
-// Copies a span's keys (or values) of one head, (L, D) with row stride `stride`, into transposed (D, width) and/or
-// plain (width, D) buffers, zero beyond L.
-void pack_heads(const float* src, int64_t stride, int64_t L, int64_t D, int64_t width, float* transposed,
+// Copies the first min(L, width) keys (or values) of one head, (L, D) with row stride `stride`, into a transposed
+// (D, width) buffer with row stride `ld` and/or a plain (width, D) buffer, zero beyond L.
+void pack_heads(const float* src, int64_t stride, int64_t L, int64_t D, int64_t width, int64_t ld, float* transposed,
                 float* plain) {
+  const int64_t n_src = std::min(L, width);
   if (transposed != nullptr) {
-    std::fill(transposed, transposed + D * width, 0.0f);
-    for (int64_t n = 0; n < L; n++)
-      for (int64_t d = 0; d < D; d++) transposed[d * width + n] = src[n * stride + d];
+    for (int64_t d = 0; d < D; d++) std::fill(transposed + d * ld + n_src, transposed + d * ld + width, 0.0f);
+    for (int64_t n = 0; n < n_src; n++)
+      for (int64_t d = 0; d < D; d++) transposed[d * ld + n] = src[n * stride + d];
   }
   if (plain != nullptr) {
-    std::fill(plain, plain + width * D, 0.0f);
-    for (int64_t n = 0; n < L; n++) std::memcpy(plain + n * D, src + n * stride, D * sizeof(float));
+    std::fill(plain + n_src * D, plain + width * D, 0.0f);
+    for (int64_t n = 0; n < n_src; n++) std::memcpy(plain + n * D, src + n * stride, D * sizeof(float));
   }
 }
 
@@ -189,8 +197,8 @@ std::vector<at::Tensor> packed_attention_forward(const at::Tensor& q, const at::
     kt.resize(D * width); vv.resize(width * D); qs.resize(M * D); sc.resize(M * width); oc.resize(M * D);
     const int64_t kv_stride = s.KV * D, q_stride = s.H * D;
     const int64_t base = sp.row * s.T + sp.start;  // first token of the span in (B, T)
-    pack_heads(kp + base * kv_stride + j * D, kv_stride, keys, D, width, kt.data(), nullptr);
-    pack_heads(vp + base * kv_stride + j * D, kv_stride, keys, D, width, nullptr, vv.data());
+    pack_heads(kp + base * kv_stride + j * D, kv_stride, keys, D, width, width, kt.data(), nullptr);
+    pack_heads(vp + base * kv_stride + j * D, kv_stride, keys, D, width, width, nullptr, vv.data());
     std::fill(qs.begin(), qs.end(), 0.0f);
     for (int64_t g = 0; g < G; g++)
       for (int64_t r = 0; r < rows; r++) {
@@ -259,15 +267,22 @@ std::vector<at::Tensor> packed_attention_backward(const at::Tensor& grad_out, co
     const Span& sp = spans[task.span];
     const int64_t j = task.head, L = sp.length;
     const int64_t padded = (L + BLOCK - 1) / BLOCK * BLOCK;
+    // One row stride for every span of the call, so that oneDNN builds one small-matrix kernel per block width
+    // rather than one per (width, span length) pair; 16 floats over a multiple of 64 so that the rows of a
+    // transposed buffer do not all fall on the same cache sets.
+    const int64_t ld = (s.T + BLOCK - 1) / BLOCK * BLOCK + 16;
     thread_local std::vector<float> kt, kk, vt, dkt, dvt, qs, qst, go, got, sc, dp, dq, delta, row_lse;
-    kt.resize(D * padded); kk.resize(padded * D); vt.resize(D * padded);
-    dkt.assign(D * padded, 0.0f); dvt.assign(D * padded, 0.0f);
+    kt.resize(D * ld); kk.resize(padded * D); vt.resize(D * ld); dkt.resize(D * ld); dvt.resize(D * ld);
+    for (int64_t d = 0; d < D; d++) {
+      std::fill(dkt.begin() + d * ld, dkt.begin() + d * ld + padded, 0.0f);
+      std::fill(dvt.begin() + d * ld, dvt.begin() + d * ld + padded, 0.0f);
+    }
     qs.resize(M * D); qst.resize(D * M); go.resize(M * D); got.resize(D * M);
     sc.resize(M * padded); dp.resize(M * padded); dq.resize(M * D); delta.resize(M); row_lse.resize(M);
     const int64_t kv_stride = s.KV * D, q_stride = s.H * D;
     const int64_t base = sp.row * s.T + sp.start;
-    pack_heads(kp + base * kv_stride + j * D, kv_stride, L, D, padded, kt.data(), kk.data());
-    pack_heads(vp + base * kv_stride + j * D, kv_stride, L, D, padded, vt.data(), nullptr);
+    pack_heads(kp + base * kv_stride + j * D, kv_stride, L, D, padded, ld, kt.data(), kk.data());
+    pack_heads(vp + base * kv_stride + j * D, kv_stride, L, D, padded, ld, vt.data(), nullptr);
 
     for (int64_t i0 = 0; i0 < L; i0 += BLOCK) {
       const int64_t rows = std::min(BLOCK, L - i0), width = i0 + BLOCK;
@@ -289,7 +304,7 @@ std::vector<at::Tensor> packed_attention_backward(const at::Tensor& grad_out, co
       for (int64_t m = 0; m < M; m++)
         for (int64_t d = 0; d < D; d++) { qst[d * M + m] = qs[m * D + d]; got[d * M + m] = go[m * D + d]; }
 
-      mm(M, width, D, qs.data(), D, kt.data(), padded, sc.data(), width, false);  // scores
+      mm(M, width, D, qs.data(), D, kt.data(), ld, sc.data(), width, false);  // scores
       for (int64_t g = 0; g < G; g++)
         for (int64_t r = 0; r < BLOCK; r++) {
           const int64_t m = g * BLOCK + r;
@@ -298,8 +313,8 @@ std::vector<at::Tensor> packed_attention_backward(const at::Tensor& grad_out, co
           exp_shifted(row, valid, row_lse[m], false);  // probabilities
           std::fill(row + valid, row + width, 0.0f);
         }
-      mm(D, width, M, got.data(), M, sc.data(), width, dvt.data(), padded, true);  // ∂Vᵀ += ∂Oᵀ P
-      mm(M, width, D, go.data(), D, vt.data(), padded, dp.data(), width, false);  // ∂P = ∂O Vᵀ
+      mm(D, width, M, got.data(), M, sc.data(), width, dvt.data(), ld, true);  // ∂Vᵀ += ∂Oᵀ P
+      mm(M, width, D, go.data(), D, vt.data(), ld, dp.data(), width, false);  // ∂P = ∂O Vᵀ
       for (int64_t m = 0; m < M; m++) {
         float* grad = dp.data() + m * width;
         const float* prob = sc.data() + m * width;
@@ -307,7 +322,7 @@ std::vector<at::Tensor> packed_attention_backward(const at::Tensor& grad_out, co
         for (int64_t n = 0; n < width; n++) grad[n] = prob[n] * (grad[n] - dm);  // ∂S
       }
       mm(M, D, width, dp.data(), width, kk.data(), D, dq.data(), D, false);  // ∂(scale Q) = ∂S K
-      mm(D, width, M, qst.data(), M, dp.data(), width, dkt.data(), padded, true);  // ∂Kᵀ += (scale Q)ᵀ ∂S
+      mm(D, width, M, qst.data(), M, dp.data(), width, dkt.data(), ld, true);  // ∂Kᵀ += (scale Q)ᵀ ∂S
       for (int64_t g = 0; g < G; g++)
         for (int64_t r = 0; r < rows; r++) {
           const float* src = dq.data() + (g * BLOCK + r) * D;
@@ -319,8 +334,8 @@ std::vector<at::Tensor> packed_attention_backward(const at::Tensor& grad_out, co
       float* dk_row = dkp + (base + n) * kv_stride + j * D;
       float* dv_row = dvp + (base + n) * kv_stride + j * D;
       for (int64_t d = 0; d < D; d++) {
-        dk_row[d] = dkt[d * padded + n];
-        dv_row[d] = dvt[d * padded + n];
+        dk_row[d] = dkt[d * ld + n];
+        dv_row[d] = dvt[d * ld + n];
       }
     }
   });
@@ -328,8 +343,9 @@ std::vector<at::Tensor> packed_attention_backward(const at::Tensor& grad_out, co
 }
 
 at::Tensor softmax_cross_entropy_(at::Tensor& logits, const at::Tensor& targets) {
-  TORCH_CHECK(logits.dim() == 2 && logits.is_contiguous() && logits.scalar_type() == at::kFloat,
-              "logits must be a contiguous (C, V) float32 tensor");
+  TORCH_CHECK(logits.dim() == 2 && logits.is_contiguous() && logits.scalar_type() == at::kFloat &&
+                  logits.device().is_cpu() && targets.device().is_cpu(),
+              "logits must be a contiguous (C, V) float32 CPU tensor");
   TORCH_CHECK(targets.dim() == 1 && targets.size(0) == logits.size(0) && targets.scalar_type() == at::kLong,
               "targets must be (C,) int64");
   const int64_t C = logits.size(0), V = logits.size(1);
@@ -364,8 +380,8 @@ inline float sigmoid(float x) {
 }
 
 void check_same(const at::Tensor& a, const at::Tensor& b, const char* what) {
-  TORCH_CHECK(a.is_contiguous() && b.is_contiguous() && a.scalar_type() == at::kFloat &&
-                  b.scalar_type() == at::kFloat && a.sizes() == b.sizes(),
+  TORCH_CHECK(a.device().is_cpu() && b.device().is_cpu() && a.is_contiguous() && b.is_contiguous() &&
+                  a.scalar_type() == at::kFloat && b.scalar_type() == at::kFloat && a.sizes() == b.sizes(),
               what, ": contiguous float32 tensors of one shape expected");
 }
 
@@ -403,7 +419,8 @@ std::vector<at::Tensor> swiglu_backward(const at::Tensor& grad, const at::Tensor
 
 // weight * x / sqrt(mean(x²) + eps) over the last dimension; returns (out, rstd (rows,)).
 std::vector<at::Tensor> rms_norm_forward(const at::Tensor& x, const at::Tensor& weight, double eps) {
-  TORCH_CHECK(x.is_contiguous() && x.scalar_type() == at::kFloat && weight.is_contiguous() &&
+  TORCH_CHECK(x.device().is_cpu() && weight.device().is_cpu() && x.is_contiguous() &&
+                  x.scalar_type() == at::kFloat && weight.is_contiguous() &&
                   weight.scalar_type() == at::kFloat && weight.dim() == 1 && x.size(-1) == weight.size(0),
               "rms_norm: contiguous float32 x (..., H) and weight (H,) expected");
   const int64_t H = weight.size(0), rows = x.numel() / H;
