@@ -70,8 +70,7 @@ def estimate(config: RunConfig, *, console: Console | None = None) -> Estimate:
         model = run.model
         module = LossModule(model, objective=config.objective, chunk_size=settings.loss_chunk_size,
                             kernels=run.device.type == "cpu" and settings.cpu_kernels)
-        optimizer = build_optimizer(model, lr=settings.lr, weight_decay=settings.weight_decay,
-                                    device_type=run.device.type)
+        optimizer = build_optimizer(model, lr=settings.lr, weight_decay=settings.weight_decay)
         scheduler = build_scheduler(optimizer, total_steps=10, warmup_steps=0, schedule="constant")
         from tailorlm.training.distributed import World
 

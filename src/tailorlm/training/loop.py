@@ -78,7 +78,7 @@ def train(config: RunConfig, *, resume: bool = False, overwrite: bool = False,
     loss_module = LossModule(model, objective=config.objective, chunk_size=settings.loss_chunk_size,
                              kernels=run.device.type == "cpu" and settings.cpu_kernels)
     step_module = wrap(loss_module, world, run.device.type, fsdp=settings.fsdp)  # before the optimizer: FSDP
-    optimizer = build_optimizer(model, lr=settings.lr, weight_decay=settings.weight_decay, device_type=run.device.type)
+    optimizer = build_optimizer(model, lr=settings.lr, weight_decay=settings.weight_decay)
     if world.size == 1:
         _allocate_gradients(model)
     plan = run.plan
