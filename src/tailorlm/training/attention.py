@@ -10,7 +10,7 @@ On the CPU in fp32, `packed_kernel` goes further with tailorlm's compiled kernel
 blocks multiplied by oneDNN's small-matrix kernels (AVX-512 where there is one), the softmax kept in cache, threads
 balanced over examples. PyTorch's CPU flash attention multiplies 32- or 64-row blocks through MKL, which runs AVX2
 code on AMD CPUs; on rows of SmolLM2-135M's shape packed from MedQuAD, the kernel's forward and backward together
-take a third of its time (2.6 against 7.5 ms per 512-token row and layer, bench/README.md). Where the kernel cannot
+take a third of its time (2.8 against 7.8 ms per 512-token row and layer, bench/README.md). Where the kernel cannot
 be built (no compiler), training says so once and keeps `packed_sdpa`.
 
 Both are registered with transformers' attention interface (`ATTENTION`, `KERNEL_ATTENTION`); `use_packed_attention`
