@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADS, KV_HEADS, HEAD_DIM, HIDDEN, MLP, VOCAB, WIDTH = 9, 3, 64, 576, 1536, 49152, 512
@@ -36,7 +35,9 @@ def timed(fn, inputs, rounds: int = 3) -> float:
 
 
 def attention_case(rows: int) -> dict:
-    from tailorlm.training.attention import _KernelAttention
+    from types import SimpleNamespace
+
+    from tailorlm.training.attention import packed_kernel, packed_sdpa
 
     # Example lengths as packed from MedQuAD chat examples at max length 512 (measured in the training benchmark).
     lengths = [1, 4, 5, 44, 60, 100, 103, 108, 111, 117, 118, 120, 122, 130, 131, 132, 195, 197, 202, 204, 205, 206,
@@ -44,26 +45,22 @@ def attention_case(rows: int) -> dict:
     generator = random.Random(0)
     inputs = []
     for _ in range(rows):
-        spans, start = [], 0
+        positions, start = [], 0
         while start < WIDTH:
             length = min(generator.choice(lengths), WIDTH - start)
-            spans.append((0, start, start + length))
+            positions.append(torch.arange(length))
             start += length
         q = torch.randn(1, WIDTH, HEADS, HEAD_DIM).transpose(1, 2).requires_grad_()
         k = torch.randn(1, WIDTH, KV_HEADS, HEAD_DIM).transpose(1, 2).requires_grad_()
         v = torch.randn(1, WIDTH, KV_HEADS, HEAD_DIM).transpose(1, 2).requires_grad_()
-        inputs.append((q, k, v, torch.tensor(spans), torch.randn(1, WIDTH, HEADS, HEAD_DIM)))
+        inputs.append((q, k, v, torch.cat(positions)[None], torch.randn(1, WIDTH, HEADS, HEAD_DIM)))
+    layer = SimpleNamespace(training=True, num_key_value_groups=HEADS // KV_HEADS)  # what they read of a layer
 
-    def sdpa(q, k, v, spans, grad):  # what packed_sdpa does: causal SDPA per example
-        out = torch.empty(1, WIDTH, HEADS, HEAD_DIM)
-        for _, start, end in spans.tolist():
-            out[:, start:end] = F.scaled_dot_product_attention(
-                q[:, :, start:end], k[:, :, start:end], v[:, :, start:end], is_causal=True, enable_gqa=True
-            ).transpose(1, 2)
-        out.backward(grad)
+    def sdpa(q, k, v, positions, grad):  # causal SDPA per example (train.cpu_kernels=false)
+        packed_sdpa(layer, q, k, v, None, position_ids=positions)[0].backward(grad)
 
-    def kernel(q, k, v, spans, grad):
-        _KernelAttention.apply(q, k, v, spans, HEAD_DIM ** -0.5).backward(grad)
+    def kernel(q, k, v, positions, grad):
+        packed_kernel(layer, q, k, v, None, position_ids=positions)[0].backward(grad)
 
     return {"pytorch_ms": timed(sdpa, inputs) * 1e3, "kernel_ms": timed(kernel, inputs) * 1e3,
             "unit": "forward + backward of one layer on one 512-token packed row"}
@@ -71,6 +68,7 @@ def attention_case(rows: int) -> dict:
 
 def loss_case(tokens: int) -> dict:
     from tailorlm.training.cpu_kernels import cpu_kernels
+    from tailorlm.training.loss import softmax_cross_entropy_
 
     compiled = cpu_kernels()
     inputs = [(torch.randn(tokens, VOCAB) * 3, torch.randint(0, VOCAB, (tokens,))) for _ in range(4)]
@@ -80,12 +78,7 @@ def loss_case(tokens: int) -> dict:
         work.copy_(logits)
 
     def pytorch(logits, targets):  # the chunked loss's own softmax and gradient (training/loss.py)
-        logits = work.copy_(logits)
-        picked = logits.gather(1, targets[:, None])
-        top = logits.amax(dim=-1, keepdim=True)
-        sums = logits.sub_(top).exp_().sum(dim=-1, keepdim=True)
-        (sums.log() + top - picked).sum()
-        logits.div_(sums)[torch.arange(tokens), targets] -= 1.0
+        softmax_cross_entropy_(work.copy_(logits), targets, gradient=True)
 
     def kernel(logits, targets):
         compiled.softmax_cross_entropy_(work.copy_(logits), targets).sum()

@@ -11,8 +11,10 @@ import torch
 import torch.nn.functional as F
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from tailorlm.training import attention as attention_module
 from tailorlm.training import cpu_kernels as kernels_module
-from tailorlm.training.attention import ATTENTION, KERNEL_ATTENTION, _KernelAttention, _span_table, use_packed_attention
+from tailorlm.training.attention import (ATTENTION, KERNEL_ATTENTION, _KernelAttention, _span_table, _spans,
+                                         use_packed_attention)
 from tailorlm.training.cpu_kernels import cpu_kernels
 from tailorlm.training.loss import causal_lm_loss
 
@@ -104,18 +106,21 @@ def test_a_model_gives_the_same_logits_and_gradients_with_the_kernel(kernels, mo
     ids = torch.randint(1, 64, (2, 150), generator=torch.Generator().manual_seed(3))
     positions = torch.stack([torch.cat([torch.arange(70), torch.arange(80)]),
                              torch.cat([torch.arange(5), torch.arange(100), torch.arange(45)])])
-    calls = []
+    calls, searches = [], []
     apply = _KernelAttention.apply
     monkeypatch.setattr(_KernelAttention, "apply", lambda *args: calls.append(1) or apply(*args))
+    find = attention_module._find_spans
+    monkeypatch.setattr(attention_module, "_find_spans", lambda ids: searches.append(1) or find(ids))
     results = []
     for kernel in (False, True):
         model = tiny()
         assert use_packed_attention(model, kernel=kernel)
         assert model.config._attn_implementation == (KERNEL_ATTENTION if kernel else ATTENTION)
-        logits = model(input_ids=ids, position_ids=positions, use_cache=False).logits
+        logits = model(input_ids=ids, position_ids=positions.clone(), use_cache=False).logits  # a forward's own ids
         logits.square().mean().backward()
         results.append((logits.detach(), model.model.layers[0].self_attn.q_proj.weight.grad))
         assert len(calls) == (2 if kernel else 0)  # one call per layer, for both rows
+        assert len(searches) == (2 if kernel else 1)  # the spans are found once per forward, not once per layer
     torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(results[1][1], results[0][1], rtol=1e-4, atol=1e-6)
 
@@ -147,15 +152,20 @@ def test_calls_the_kernel_does_not_take_go_to_sdpa_per_example(kernels, monkeypa
     else:
         kwargs["position_ids"] = positions[0]
     monkeypatch.setattr(_KernelAttention, "apply", lambda *args: pytest.fail("the kernel took this call"))
-    seen = []
-    monkeypatch.setattr("tailorlm.training.attention.packed_sdpa",
-                        lambda *args, **kw: seen.append(1) or packed_sdpa(*args, **kw))
     attention_mask = kwargs.pop("attention_mask")
-    try:
-        packed_kernel(module, q, k, v, attention_mask, **kwargs)
-    except RuntimeError:
-        pass  # the per-example path may refuse a shape too; what matters is that the kernel never saw it
-    assert seen == [1]
+
+    def outcome(function):  # its output, or the type of what it raised (the per-example path may refuse a shape)
+        torch.manual_seed(0)  # the same dropout draws for both
+        try:
+            return function(module, q, k, v, attention_mask, **kwargs)[0]
+        except RuntimeError as error:
+            return type(error)
+
+    expected, got = outcome(packed_sdpa), outcome(packed_kernel)
+    if isinstance(expected, torch.Tensor):
+        assert torch.equal(got, expected)
+    else:
+        assert got is expected
 
 
 def test_the_kernel_refuses_overlapping_spans(kernels):
@@ -170,6 +180,9 @@ def test_span_table_starts_every_row_at_its_first_token():
     positions = torch.tensor([[3, 4, 0, 1, 2, 0], [0, 1, 2, 3, 4, 5]])
     assert _span_table(positions, 2).tolist() == [[0, 0, 2], [0, 2, 5], [0, 5, 6], [1, 0, 6]]
     assert _span_table(positions[1:], 3).tolist() == [[r, 0, 6] for r in range(3)]  # one row of positions for all
+    assert _spans(positions) is _spans(positions)  # found once for all layers of a forward
+    positions[1, 3] = 0  # an in-place change is seen
+    assert _span_table(positions, 2).tolist()[3:] == [[1, 0, 3], [1, 3, 6]]
 
 
 def test_softmax_cross_entropy_gives_the_loss_and_its_gradient(kernels):

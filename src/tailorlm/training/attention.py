@@ -10,7 +10,7 @@ On the CPU in fp32, `packed_kernel` goes further with tailorlm's compiled kernel
 blocks multiplied by oneDNN's small-matrix kernels (AVX-512 where there is one), the softmax kept in cache, threads
 balanced over examples. PyTorch's CPU flash attention multiplies 32- or 64-row blocks through MKL, which runs AVX2
 code on AMD CPUs; on rows of SmolLM2-135M's shape packed from MedQuAD, the kernel's forward and backward together
-take a third of its time (2.8 against 7.8 ms per 512-token row and layer, bench/README.md). Where the kernel cannot
+take a third of its time (2.5 against 7.9 ms per 512-token row and layer, bench/README.md). Where the kernel cannot
 be built (no compiler), training says so once and keeps `packed_sdpa`.
 
 Both are registered with transformers' attention interface (`ATTENTION`, `KERNEL_ATTENTION`); `use_packed_attention`
@@ -26,11 +26,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from tailorlm.training.cpu_kernels import cpu_kernels
+from tailorlm.training.matmul import fp32_cpu
 
 ATTENTION = "tailorlm_packed_sdpa"
 KERNEL_ATTENTION = "tailorlm_packed_kernel"
 PACKED = (ATTENTION, KERNEL_ATTENTION)
 _SDPA_GQA = "enable_gqa" in (F.scaled_dot_product_attention.__doc__ or "")  # torch 2.5 and later
+_SPANS = "_tailorlm_spans"  # attribute of a position-id tensor: (its version, its spans)
 _registered = False
 
 
@@ -41,7 +43,8 @@ def packed_sdpa(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     position_ids = kwargs.get("position_ids")
-    if attention_mask is not None or position_ids is None or query.shape[2] == 1 or key.shape[2] != query.shape[2]:
+    if (attention_mask is not None or query.shape[2] == 1 or key.shape[2] != query.shape[2]
+            or not _packed_positions(position_ids, query)):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
     groups = getattr(module, "num_key_value_groups", 1)
@@ -54,7 +57,7 @@ def packed_sdpa(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value
     batch, heads, width, dim = query.shape
     output = query.new_empty(batch, width, heads, dim)  # (B, T, heads, D): the layout the caller wants, no copy after
     heads_first = output.transpose(1, 2)  # (B, heads, T, D) view of it
-    for row, (starts, ends) in enumerate(_spans(position_ids)):
+    for row, (starts, ends) in enumerate(_row_spans(position_ids, batch)):
         for start, end in zip(starts, ends):
             heads_first[row:row + 1, :, start:end] = F.scaled_dot_product_attention(
                 query[row:row + 1, :, start:end], key[row:row + 1, :, start:end], value[row:row + 1, :, start:end],
@@ -80,11 +83,16 @@ def _kernel_fits(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, at
     """Whether the kernel computes this call: packed fp32 CPU rows with (B, T) or (1, T) position ids, key and value
     of the query's shape but for their heads, and no mask, cache or dropout."""
     batch, heads, width, dim = query.shape
-    return (attention_mask is None and not dropout and position_ids is not None and position_ids.dim() == 2
-            and position_ids.shape[0] in (1, batch) and position_ids.shape[1] == width and width > 1
-            and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in (query, key, value))
+    return (attention_mask is None and not dropout and _packed_positions(position_ids, query) and width > 1
+            and fp32_cpu(query, key, value)
             and key.shape == value.shape and key.shape[0] == batch and key.shape[2] == width
             and key.shape[3] == dim and key.shape[1] > 0 and heads % key.shape[1] == 0)
+
+
+def _packed_positions(position_ids: torch.Tensor | None, query: torch.Tensor) -> bool:
+    """Whether `position_ids` can mark the examples of the query's rows: (B, T) or (1, T), T the rows' width."""
+    return (position_ids is not None and position_ids.dim() == 2 and position_ids.shape[0] in (1, query.shape[0])
+            and position_ids.shape[1] == query.shape[2])
 
 
 class _KernelAttention(torch.autograd.Function):
@@ -112,13 +120,31 @@ class _KernelAttention(torch.autograd.Function):
 
 def _span_table(position_ids: torch.Tensor, batch: int) -> torch.Tensor:
     """(N, 3) int64 (row, start, end) of every example of every row, for the kernel."""
-    rows = _spans(position_ids.expand(batch, -1) if position_ids.shape[0] == 1 else position_ids)
+    rows = _row_spans(position_ids, batch)
     table = [(row, start, end) for row, (starts, ends) in enumerate(rows) for start, end in zip(starts, ends)]
     return torch.tensor(table, dtype=torch.long)
 
 
+def _row_spans(position_ids: torch.Tensor, batch: int) -> list[tuple[list[int], list[int]]]:
+    """`_spans` for each of `batch` rows; (1, T) position ids stand for every row."""
+    spans = _spans(position_ids)
+    return spans * batch if len(spans) == 1 else spans
+
+
 def _spans(position_ids: torch.Tensor) -> list[tuple[list[int], list[int]]]:
-    """(starts, ends) of each row's examples: a span starts at the row's first token and wherever the position is 0."""
+    """(starts, ends) of each row's examples: a span starts at the row's first token and wherever the position is 0.
+
+    Every layer of a forward gets the same position-id tensor, so the spans are kept on it (with its version, which
+    an in-place change bumps) and found once per forward rather than once per layer."""
+    cached = getattr(position_ids, _SPANS, None)
+    if cached is not None and cached[0] == position_ids._version:
+        return cached[1]
+    spans = _find_spans(position_ids)
+    setattr(position_ids, _SPANS, (position_ids._version, spans))
+    return spans
+
+
+def _find_spans(position_ids: torch.Tensor) -> list[tuple[list[int], list[int]]]:
     position_ids = position_ids.reshape(-1, position_ids.shape[-1])
     width = position_ids.shape[-1]
     result = []

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tailorlm.training.cpu_kernels import cpu_kernels
+from tailorlm.training.matmul import fp32_cpu
 
 _SWAPPED = "_tailorlm_own_forward"
 _KERNELS = "_tailorlm_cpu_kernels"  # set on a swapped module whose lean forward may use the compiled kernels
@@ -90,7 +91,7 @@ class _SwiGLU(torch.autograd.Function):
 
 def _compiled_fits(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Whether the compiled kernels take these tensors: contiguous fp32 on the CPU."""
-    return all(t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous() for t in (a, b))
+    return fp32_cpu(a, b) and a.is_contiguous() and b.is_contiguous()
 
 
 def _kernels(module: nn.Module) -> Any:

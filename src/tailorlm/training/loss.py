@@ -75,9 +75,7 @@ def causal_lm_loss(
     head, transform = output_head(model)
     if _is_plain_linear(head):
         onednn = uses_onednn(head)  # multiply through oneDNN as the model's other linear layers do
-        compiled = None
-        if kernels and selected.device.type == "cpu" and head.weight.dtype == torch.float32 and transform.identity:
-            compiled = cpu_kernels()
+        compiled = cpu_kernels() if kernels and selected.device.type == "cpu" else None
         loss = _LinearCrossEntropy.apply(selected, head.weight, head.bias, targets, transform, chunk_size, onednn,
                                          compiled)
     else:
@@ -281,20 +279,29 @@ def _chunk_loss_and_grads(
     if transform.softcap is not None:
         tanh = logits.div_(transform.softcap).tanh_()  # kept for the soft-cap derivative
         logits = tanh * transform.softcap
-    target_logits = logits.gather(1, y[:, None])  # (C, 1)
-    # Softmax in place, so one (C, V) buffer is all a chunk holds (torch.logsumexp would add another).
-    top = logits.amax(dim=-1, keepdim=True)  # (C, 1)
-    sums = logits.sub_(top).exp_().sum(dim=-1, keepdim=True)  # (C, 1)
-    loss = (sums.log() + top - target_logits).sum()
-    if grad_h is None and grad_weight is None and grad_bias is None:
+    wants_grad = grad_h is not None or grad_weight is not None or grad_bias is not None
+    loss = softmax_cross_entropy_(logits, y, gradient=wants_grad)
+    if not wants_grad:
         return loss
-    grad = logits.div_(sums)  # d loss / d logits = softmax - one_hot: (C, V)
-    grad[torch.arange(y.shape[0], device=y.device), y] -= 1.0
+    grad = logits  # d loss / d logits = softmax - one_hot: (C, V)
     if tanh is not None:
         grad.mul_(tanh.square_().neg_().add_(1.0))  # d(cap * tanh(z / cap)) / dz, in place
     if transform.scale != 1.0:
         grad.mul_(transform.scale)
     return _chunk_grads(grad.to(weight.dtype), h, weight, grad_h, grad_weight, grad_bias, onednn, loss)
+
+
+def softmax_cross_entropy_(logits: torch.Tensor, y: torch.Tensor, *, gradient: bool) -> torch.Tensor:
+    """Summed cross-entropy of fp32 logits (C, V) against targets (C,), PyTorch's operations; with `gradient`, the
+    logits become its gradient, softmax - one_hot, in place (the compiled kernel's `softmax_cross_entropy_` does both
+    in one pass). Softmax in place, so one (C, V) buffer is all a chunk holds (torch.logsumexp would add another)."""
+    target_logits = logits.gather(1, y[:, None])  # (C, 1)
+    top = logits.amax(dim=-1, keepdim=True)  # (C, 1)
+    sums = logits.sub_(top).exp_().sum(dim=-1, keepdim=True)  # (C, 1)
+    loss = (sums.log() + top - target_logits).sum()
+    if gradient:
+        logits.div_(sums)[torch.arange(y.shape[0], device=y.device), y] -= 1.0
+    return loss
 
 
 def _chunk_grads(grad: torch.Tensor, h: torch.Tensor, weight: torch.Tensor, grad_h: torch.Tensor | None,

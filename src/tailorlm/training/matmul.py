@@ -54,7 +54,9 @@ def onednn_unavailable() -> str | None:
     return None
 
 
-def _fits(*tensors: torch.Tensor | None) -> bool:
+def fp32_cpu(*tensors: torch.Tensor | None) -> bool:
+    """Whether every tensor given (None counts as fitting) is a dense fp32 CPU tensor, what oneDNN's fp32 products
+    and tailorlm's CPU kernels take."""
     return all(t is None or (t.dtype == torch.float32 and t.device.type == "cpu" and t.layout == torch.strided)
                for t in tensors)
 
@@ -73,7 +75,7 @@ def _lin(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> 
 
 def mm_t(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """a @ bᵀ (+ bias) for 2-D fp32 CPU tensors of any strides, through oneDNN; other tensors go through PyTorch."""
-    if not _fits(a, b, bias) or onednn_unavailable() is not None:
+    if not fp32_cpu(a, b, bias) or onednn_unavailable() is not None:
         return F.linear(a, b, bias)
     return _lin(a, b, bias)
 
@@ -148,7 +150,7 @@ def onednn_linear_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """An nn.Linear's or transformers Conv1D's forward through oneDNN for fp32 CPU tensors (anything else, and an
     empty input, which oneDNN refuses, takes the layer's own path)."""
     weight = _out_in(self)
-    if not _fits(x, weight, self.bias) or x.dim() == 0 or x.numel() == 0:
+    if not fp32_cpu(x, weight, self.bias) or x.dim() == 0 or x.numel() == 0:
         return type(self).forward(self, x)
     flat = x.reshape(-1, x.shape[-1])
     return _OneDnnLinear.apply(flat, weight, self.bias).reshape(*x.shape[:-1], weight.shape[0])
@@ -196,7 +198,7 @@ def _plain_lora(layer: nn.Module, x: torch.Tensor) -> tuple[Any, ...] | None:
     if weight is None:
         return None
     bias = base.bias
-    if not _fits(x, weight, bias, lora_a.weight, lora_b.weight) or not isinstance(layer.scaling[name], float | int):
+    if not fp32_cpu(x, weight, bias, lora_a.weight, lora_b.weight) or not isinstance(layer.scaling[name], float | int):
         return None
     return weight, bias, lora_a.weight, lora_b.weight, float(layer.scaling[name])
 
@@ -252,7 +254,7 @@ def _swap(model: nn.Module | None) -> list[nn.Module]:
     swapped = []
     for module in model.modules():
         forward = _swappable(module)
-        if forward is None or not _fits(module.weight, getattr(module, "bias", None)):  # a LoRA layer: its base's
+        if forward is None or not fp32_cpu(module.weight, getattr(module, "bias", None)):  # a LoRA layer: its base's
             continue
         setattr(module, _SWAPPED, True)
         module.forward = types.MethodType(forward, module)  # an instance attribute over the class's
